@@ -1,0 +1,3 @@
+from prunescope.cli import main
+
+raise SystemExit(main())

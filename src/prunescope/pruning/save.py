@@ -1,0 +1,93 @@
+"""Saving a pruned model as a checkpoint anyone can load with plain ``transformers``."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+from prunescope.io import atomic_dir, write_json, write_text
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a checkpoint, for provenance."""
+    import importlib.metadata as md
+    out = {}
+    for name in ("prunescope", "torch", "transformers", "peft", "accelerate", "safetensors"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloat16") -> str:
+    """A mergekit passthrough config whose slices keep exactly the blocks not in ``removed``
+    (``layer_range`` is end-exclusive, as in mergekit)."""
+    keep = [i for i in range(total) if i not in set(removed)]
+    ranges: list[list[int]] = []
+    for i in keep:
+        if ranges and ranges[-1][1] == i:
+            ranges[-1][1] = i + 1
+        else:
+            ranges.append([i, i + 1])
+    lines = ["# Reproduces this cut with mergekit: mergekit-yaml mergekit.yaml OUT_DIR", "slices:"]
+    for a, b in ranges:
+        lines += ["  - sources:", f"      - model: {base}", f"        layer_range: [{a}, {b}]"]
+    lines += ["merge_method: passthrough", f"dtype: {dtype}", ""]
+    return "\n".join(lines)
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A short README.md for the pruned checkpoint."""
+    removed = meta["removed_layers"]
+    return f"""---
+base_model: {meta['base_model']}
+library_name: transformers
+tags: [prunescope, layer-pruning, depth-pruning]
+---
+# {meta['base_model']} with {len(removed)} of {meta['num_layers_before']} decoder layers removed
+
+Made with prunescope: removed layers (0-based) {removed}, chosen by `{meta.get('criterion') or 'explicit list'}`.
+Layers before → after: {meta['num_layers_before']} → {meta['num_layers_after']}.
+Parameters: {meta.get('parameters', 'n/a'):,}.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")
+tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
+```
+
+Depth pruning usually keeps more log-likelihood (classification) accuracy than generative
+reasoning accuracy; evaluate both (`prunescope eval`) before shipping. `mergekit.yaml` rebuilds
+this cut from the base model; `prunescope.json` records how it was made.
+"""
+
+
+def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed: list[int], num_layers_before: int,
+                criterion: str | None = None, scores: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a pruned model to ``out`` atomically: safetensors weights, config, tokenizer with its chat
+    template, ``prunescope.json``, a ``README.md`` model card and a mergekit ``mergekit.yaml``.
+
+    ``removed`` are 0-based indices of the base model's blocks.
+    """
+    meta = {
+        "base_model": base,
+        "removed_layers": sorted(removed),
+        "num_layers_before": num_layers_before,
+        "num_layers_after": num_layers_before - len(removed),
+        "criterion": criterion,
+        "scores": scores,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / "prunescope.json", meta)
+        write_text(tmp / "README.md", model_card(meta))
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        write_text(tmp / "mergekit.yaml", mergekit_yaml(base, removed, num_layers_before, dtype))
+    return Path(out)

@@ -1,0 +1,78 @@
+"""Tiny random models and a byte-level tokenizer built in-test (nothing is downloaded)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 256 + 3  # every byte, plus <pad>, <s>, </s>
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+ARCH_CONFIGS = {
+    "llama": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)),
+    "mistral": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                      sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)),
+    "qwen3": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, head_dim=8,
+                                    sliding_window=4, layer_types=None)),
+    "gemma3_text": ("Gemma3TextConfig", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                             head_dim=8, sliding_window=4, sliding_window_pattern=2)),
+    "phi3": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                pad_token_id=0)),
+    "gpt2": ("GPT2Config", dict(n_head=4, n_positions=128)),
+    "gpt_neox": ("GPTNeoXConfig", dict(num_attention_heads=4, intermediate_size=64)),
+    "opt": ("OPTConfig", dict(num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32)),
+}
+ARCHS = list(ARCH_CONFIGS)
+
+
+def make_tiny_model(model_type: str = "llama", *, layers: int = 6, hidden: int = 32, seed: int = 0):
+    """A random CausalLM of ``model_type`` with ``layers`` blocks, fp32, eval mode."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    cls_name, extra = ARCH_CONFIGS[model_type]
+    cfg_cls = getattr(transformers, cls_name)
+    if model_type == "gpt2":
+        config = cfg_cls(vocab_size=VOCAB, n_embd=hidden, n_layer=layers, bos_token_id=1, eos_token_id=2, **extra)
+    else:
+        config = cfg_cls(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, **{"pad_token_id": 0, **extra})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Larger random weights make blocks matter, so that criteria and cuts are distinguishable.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def make_tokenizer():
+    """A byte-level tokenizer: one token per byte, ids 3..258; ``<pad>``=0, ``<s>``=1, ``</s>``=2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for ch in sorted(byte_chars):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny(path: Path, model_type: str = "llama", **kw) -> Path:
+    """Save a tiny model and the byte tokenizer to ``path`` (a folder loadable by transformers)."""
+    model = make_tiny_model(model_type, **kw)
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
