@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def cache_dir() -> Path:
     """Where prunescope keeps converted models (``$PRUNESCOPE_CACHE``, else ``~/.cache/prunescope``)."""
-    return Path(os.environ.get("PRUNESCOPE_CACHE", Path.home() / ".cache" / "prunescope"))
+    return Path(os.environ.get("PRUNESCOPE_CACHE") or Path.home() / ".cache" / "prunescope")
 
 
 def default_model_gguf() -> Path:

@@ -1,0 +1,207 @@
+"""What depth pruning buys: parameters, peak memory, prefill latency and decode throughput.
+
+Timing: a fixed random prompt of ``prompt_tokens`` tokens is run through the model (prefill), then
+``new_tokens`` tokens are decoded greedily one at a time from the KV cache. ``warmup`` untimed rounds
+come first; the medians over ``repeats`` timed rounds are reported.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the timed rounds. On CPU there is no
+allocator counter, so it is the bytes of parameters and buffers plus the largest rise of the process's
+resident memory (sampled every 5 ms with psutil, or ``ru_maxrss`` without it) above its level before
+the run: the activations and KV cache the run needed on top of the weights.
+
+Ideal speedup: the per-token cost of a decoder LM is its matmul FLOPs: ``2 * params`` for each block
+(plus ``4 * context * attention width`` for attention over the cache) and ``2 * vocab * hidden`` for the
+LM head; the embedding lookup costs none. Removing blocks removes only block FLOPs, so the ideal
+speedup is ``flops_base / flops_pruned = 1 / (head_share + block_share * kept / total)``, which is below
+``layers_before / layers_after`` by exactly the head and embedding's share.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from typing import Any
+
+import torch
+
+from prunescope.models.architectures import get_architecture, get_submodule
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters in total, in the decoder blocks, the embedding and the LM head (tied weights once)."""
+    arch = get_architecture(model)
+    blocks = get_submodule(model, arch.layers)
+    seen: set[int] = set()
+
+    def count(module) -> int:
+        n = 0
+        for p in (module.parameters() if module is not None else []):
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        return n
+
+    block_params = count(blocks)
+    embed = count(get_submodule(model, arch.embed))
+    head = count(get_submodule(model, arch.lm_head))  # 0 when tied to the embedding
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return {"total": total, "blocks": block_params, "embedding": embed, "lm_head": head,
+            "other": total - block_params - embed - head, "per_block": block_params // max(1, len(blocks))}
+
+
+def flops_per_token(model, context: int) -> dict[str, float]:
+    """Matmul FLOPs per generated token at ``context`` tokens of cache, split into blocks and head."""
+    cfg = model.config
+    arch = get_architecture(model)
+    blocks = get_submodule(model, arch.layers)
+    counts = parameter_counts(model)
+    head_module = get_submodule(model, arch.lm_head)
+    head_weight = getattr(head_module, "weight", None)
+    head_params = head_weight.numel() if head_weight is not None else 0
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)) // heads
+    attention = 4 * context * heads * head_dim  # q.k scores and weighted sum of values
+    block = len(blocks) * (2 * counts["per_block"] + attention)
+    head = 2 * head_params
+    return {"blocks": float(block), "head": float(head), "total": float(block + head),
+            "block_share": block / max(1.0, block + head)}
+
+
+class _PeakRss:
+    """Samples the resident memory of this process in a thread; ``rise`` is peak minus start (bytes)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.rise, self._stop = interval, 0, threading.Event()
+        try:
+            import psutil
+            self._proc = psutil.Process()
+        except ImportError:  # fall back to the kernel's lifetime peak, coarser but dependency-free
+            self._proc = None
+
+    def _rss(self) -> int:
+        if self._proc is not None:
+            return self._proc.memory_info().rss
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.rise = max(self.rise, self._rss() - self.start)
+
+    def __enter__(self):
+        self.start = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rise = max(self.rise, self._rss() - self.start)
+
+
+def _prompt(model, tokenizer, prompt_tokens: int, batch_size: int, seed: int) -> torch.Tensor:
+    """A fixed random prompt of ordinary tokens (special tokens avoided)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) if tokenizer is not None else set()
+    low = max(special, default=-1) + 1 if special and max(special) < vocab // 2 else 0
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, vocab, (batch_size, prompt_tokens), generator=gen)
+
+
+@torch.inference_mode()
+def _one_round(model, ids: torch.Tensor, new_tokens: int, sync) -> tuple[float, float]:
+    """Prefill seconds and decode seconds for one greedy generation with the KV cache."""
+    sync()
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True)
+    nxt = out.logits[:, -1:].argmax(-1)
+    sync()
+    t1 = time.perf_counter()
+    past = out.past_key_values
+    for _ in range(new_tokens):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+    sync()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure_efficiency(model, tokenizer=None, *, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
+                       warmup: int = 1, batch_size: int = 1, seed: int = 0,
+                       baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure ``model`` (base or pruned) as it is: parameters, peak memory, prefill latency (median ms)
+    and decode throughput (median tokens/s over ``repeats`` rounds after ``warmup`` untimed ones).
+
+    With ``baseline`` (this function's result on the unpruned model) adds ``speedup``: measured prefill
+    and decode speedups and the ideal one from the FLOP shares (see the module docstring).
+    """
+    if min(prompt_tokens, new_tokens, repeats, batch_size) < 1 or warmup < 0:
+        raise ValueError("prompt_tokens, new_tokens, repeats and batch_size must be >= 1 and warmup >= 0")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if max_pos and prompt_tokens + new_tokens > max_pos:  # stay inside the position table
+        prompt_tokens = max(1, max_pos - new_tokens)
+    ids = _prompt(model, tokenizer, prompt_tokens, batch_size, seed).to(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(warmup):
+            _one_round(model, ids, new_tokens, sync)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        rounds = []
+        with (_PeakRss() if not cuda else contextlib.nullcontext()) as rss:
+            for _ in range(repeats):
+                rounds.append(_one_round(model, ids, new_tokens, sync))
+    finally:
+        model.train(was_training)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        memory = {"peak_bytes": int(peak), "weights_bytes": int(weight_bytes),
+                  "activations_bytes": int(max(0, peak - before)), "method": "cuda.max_memory_allocated"}
+    else:
+        memory = {"peak_bytes": int(weight_bytes + rss.rise), "weights_bytes": int(weight_bytes),
+                  "activations_bytes": int(rss.rise), "method": "weights + buffers + peak RSS rise (CPU)"}
+    prefill = [p * 1000 for p, _ in rounds]
+    decode = [new_tokens * batch_size / d for _, d in rounds]
+    flops = flops_per_token(model, context=prompt_tokens + new_tokens // 2)
+    result = {
+        "num_layers": len(get_submodule(model, get_architecture(model).layers)),
+        "parameters": parameter_counts(model),
+        "memory": memory,
+        "prefill_ms": statistics.median(prefill),
+        "decode_tokens_per_s": statistics.median(decode),
+        "time_per_token_ms": 1000.0 / statistics.median(decode) * batch_size,
+        "prefill_ms_all": prefill,
+        "decode_tokens_per_s_all": decode,
+        "flops_per_token": flops,
+        "settings": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
+                     "warmup": warmup, "batch_size": batch_size, "seed": seed},
+        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+    }
+    if baseline is not None:
+        result["speedup"] = speedup(baseline, result)
+    return result
+
+
+def speedup(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
+    """Measured speedups of ``pruned`` over ``base`` next to the ideal ones (see the module docstring)."""
+    ideal = base["flops_per_token"]["total"] / pruned["flops_per_token"]["total"]
+    decode = pruned["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+    return {
+        "decode": decode,
+        "prefill": base["prefill_ms"] / pruned["prefill_ms"],
+        "ideal": ideal,
+        "layer_ratio": base["num_layers"] / pruned["num_layers"],
+        "of_ideal": (decode - 1) / (ideal - 1) if ideal > 1 else None,
+        "parameters": base["parameters"]["total"] / pruned["parameters"]["total"],
+    }
