@@ -76,3 +76,48 @@ def save_tiny(path: Path, model_type: str = "llama", **kw) -> Path:
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+def write_tiny_gguf(path: Path, *, layers: int = 3) -> Path:
+    """Write a tiny llama with the byte tokenizer as an f32 GGUF file (llama.cpp tensor names)."""
+    import gguf
+    import numpy as np
+
+    model, tok = make_tiny_model("llama", layers=layers), make_tokenizer()
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_embedding_length(c.hidden_size)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    tokens = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda x: x[1])]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges([])
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+    top = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm", "lm_head.weight": "output"}
+    per_block = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for key, value in model.state_dict().items():
+        if key in top:
+            name = top[key]
+        else:
+            parts = key.split(".")
+            name = f"blk.{parts[2]}.{per_block['.'.join(parts[3:-1])]}"
+        w.add_tensor(name + ".weight", value.numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from common import make_tiny_model
+from common import make_tiny_model, write_tiny_gguf
 from prunescope.errors import UsageError
 from prunescope.models import get_architecture, load_model, supported_model_types
 from prunescope.models import loading
@@ -68,6 +68,22 @@ def test_unsupported_architecture_names_model_type():
             self.config = type("C", (), {"model_type": "weird_arch", "to_dict": lambda self: {}})()
     with pytest.raises(UsageError, match="weird_arch"):
         get_architecture(Odd())
+
+
+def test_gguf_file_loads_prunes_and_saves(tmp_path):
+    from transformers import AutoModelForCausalLM
+    from prunescope.pruning import drop_layers
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", layers=3)
+    model, tok = load_model(str(gguf_path), dtype="float32", device="cpu")
+    assert getattr(model.config, "quantization_config", None) is None
+    drop_layers(model, layers=[1])
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    ids = torch.tensor([[5, 9, 40, 77]])
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    assert reloaded.config.num_hidden_layers == 2
 
 
 @pytest.mark.slow
