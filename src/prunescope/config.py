@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["type"] = _list_parser(tp, flag_name(f)) if is_list else _scalar_parser(tp, flag_name(f))
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
+        if not flag_name(f).startswith("-"):  # a positional argument (flag spelled without dashes)
+            kw.pop("dest")
+            if default is not None:
+                kw["nargs"] = "?"
         parser.add_argument(flag_name(f), **kw)
 
 

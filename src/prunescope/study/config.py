@@ -63,6 +63,7 @@ class StudyConfig:
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["arith_add_1d_gen", "arith_add_2d_mc"])
     limit: int | None = None
+    data: str | None = None  # dataset file or folder for tasks that read one (GSM8K)
     batch_size: int | str = "auto"
     criteria: list[str] = field(default_factory=lambda: ["reverse", "block_influence"])
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])

@@ -110,6 +110,17 @@ def _prompt(model, tokenizer, prompt_tokens: int, batch_size: int, seed: int) ->
     return torch.randint(low, vocab, (batch_size, prompt_tokens), generator=gen)
 
 
+def _cache_argument(model) -> str:
+    """Newer transformers name the KV-cache argument ``cache``, older ones ``past_key_values``."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.inference_mode()
 def _one_round(model, ids: torch.Tensor, new_tokens: int, sync) -> tuple[float, float]:
     """Prefill seconds and decode seconds for one greedy generation with the KV cache."""
@@ -119,10 +130,11 @@ def _one_round(model, ids: torch.Tensor, new_tokens: int, sync) -> tuple[float, 
     nxt = out.logits[:, -1:].argmax(-1)
     sync()
     t1 = time.perf_counter()
-    past = out.past_key_values
+    cache_arg = _cache_argument(model)
+    past = _cache_of(out)
     for _ in range(new_tokens):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
+        past = _cache_of(out)
         nxt = out.logits[:, -1:].argmax(-1)
     sync()
     return t1 - t0, time.perf_counter() - t1

@@ -50,17 +50,27 @@ class Task:
     check: Callable[[Item, str], bool] | None = None
     extra_metrics: Callable[[list[Item], list[str]], dict[str, Any]] | None = None
     family: str = ""
+    # Optional: score all generated outputs at once (e.g. run every program in parallel); preferred
+    # over ``check`` when set. Returns one bool per item, or one dict per item with a "correct" key and
+    # anything else worth keeping in samples.jsonl.
+    check_all: Callable[[list[Item], list[str]], list[Any]] | None = None
+    # Optional: tasks evaluated by another harness (the lm-eval bridge) run themselves:
+    # ``evaluate_fn(model, tokenizer, limit=, seed=, batch_size=)`` -> (metrics dict, sample rows).
+    evaluate_fn: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]] | None = None
 
     def items(self, n: int | None = None, *, seed: int = 0, split: Split = "eval") -> list[Item]:
         """``n`` items (all the task has when None) of ``split``, deterministic for ``seed``."""
         return self.make_items(n, seed, split)
 
-    def render(self, item: Item, tokenizer=None) -> str:
-        """The exact context string the model sees: the chat template is applied when the spec asks
-        for it (the caller checks that the tokenizer has one)."""
-        if self.use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": "user", "content": item.prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
+    def render(self, item: Item, tokenizer=None, *, chat: bool | None = None) -> str:
+        """The exact context string the model sees. The chat template is applied when ``chat`` is true,
+        or, with ``chat=None``, when the spec asks for it and the tokenizer has one (the caller checks
+        that the tokenizer has one when forcing it). ``item.meta["messages"]``, when present, holds the
+        conversation (few-shot turns included); otherwise the prompt is one user turn."""
+        use = self.use_chat_template if chat is None else chat
+        if use and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            messages = item.meta.get("messages") or [{"role": "user", "content": item.prompt}]
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return item.prompt
 
 

@@ -1,0 +1,85 @@
+"""Criterion speed on the default model.
+
+1. Times every single-pass criterion (reverse, random, block_influence, angular, taylor) on the
+   built-in calibration set; each should take under a minute on 2 CPU cores.
+2. Compares the fast ppl / sleb path (block inputs captured once, only the blocks after the skipped
+   one rerun) against the naive loop (skip the block, rerun the whole model), printing the median
+   speedup and the largest score difference (expected: identical).
+
+    python benchmarks/bench_criteria.py [--model smollm2-135m] [--loss-tokens 256] [--threads N] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from prunescope.criteria.base import compute_scores
+from prunescope.models import load_model
+
+SINGLE_PASS = ["reverse", "random", "block_influence", "angular", "taylor"]
+
+
+def timed(fn):
+    """(wall seconds, result); the CPU seconds of the last call are kept in ``timed.cpu``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    timed.cpu = time.process_time() - cpu
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--loss-tokens", type=int, default=256,
+                        help="calibration tokens for the fast-vs-naive comparison (the naive loop is slow)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the ppl comparison (median ratio)")
+    parser.add_argument("--sleb-steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--skip-single-pass", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model, dtype="float32", device="cpu")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"model {args.model}: {len(model.model.layers) if hasattr(model, 'model') else '?'} layers, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} (timings are wall-clock; a busy machine inflates them)")
+
+    if not args.skip_single_pass:
+        print("\nsingle-pass criteria, built-in calibration set:")
+        for name in SINGLE_PASS:
+            seconds, result = timed(lambda: compute_scores(model, tok, name, progress=False))
+            tokens = result["config"].get("calib_tokens", "-")
+            verdict = "ok" if seconds < 60 else "OVER A MINUTE"
+            # CPU seconds / threads estimates the wall time on an otherwise idle machine
+            print(f"  {name:16s} {seconds:7.2f} s wall, {timed.cpu:7.2f} s CPU  ({tokens} calibration tokens)  "
+                  f"{verdict}", flush=True)
+
+    kw = dict(max_calib_tokens=args.loss_tokens, progress=False)
+    print(f"\nppl, fast vs naive, {args.loss_tokens} calibration tokens, {args.repeats} repeats:")
+    ratios, diffs = [], []
+    for _ in range(args.repeats):
+        t_fast, fast = timed(lambda: compute_scores(model, tok, "ppl", **kw))
+        t_naive, naive = timed(lambda: compute_scores(model, tok, "ppl", fast=False, **kw))
+        ratios.append(t_naive / t_fast)
+        diffs.append(max(abs(a - b) for a, b in zip(fast["scores"], naive["scores"])))
+        print(f"  fast {t_fast:7.2f} s   naive {t_naive:7.2f} s   speedup {t_naive / t_fast:5.2f}x", flush=True)
+    print(f"  median speedup {statistics.median(ratios):.2f}x; max |score diff| {max(diffs):.2e}; "
+          f"identical order: {fast['order'] == naive['order']}")
+
+    print(f"\nsleb, {args.sleb_steps} steps, fast vs naive, {args.loss_tokens} calibration tokens:")
+    kw["num_layers"] = args.sleb_steps
+    t_fast, fast = timed(lambda: compute_scores(model, tok, "sleb", **kw))
+    t_naive, naive = timed(lambda: compute_scores(model, tok, "sleb", fast=False, **kw))
+    diff = max(abs(a["objective"] - b["objective"]) for a, b in zip(fast["config"]["steps"], naive["config"]["steps"]))
+    print(f"  fast {t_fast:7.2f} s   naive {t_naive:7.2f} s   speedup {t_naive / t_fast:5.2f}x; "
+          f"same removals: {fast['order'][:args.sleb_steps] == naive['order'][:args.sleb_steps]} "
+          f"({fast['order'][:args.sleb_steps]}); max |objective diff| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

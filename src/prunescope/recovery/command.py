@@ -1,0 +1,88 @@
+"""``prunescope recover``: heal a pruned model with LoRA, partial or full finetuning."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prunescope.config import field, require
+from prunescope.errors import UsageError
+from prunescope.recovery.config import RecoverConfig
+
+log = logging.getLogger(__name__)
+
+HELP = "recover a pruned model: LoRA / partial / full finetuning on self-generated responses or data, SFT or KD"
+
+
+@dataclass
+class Config(RecoverConfig):
+    model: str | None = field(None, help="the pruned model: a folder written by prunescope prune, a hub id or a .gguf")
+    teacher: str | None = field(None, help="the unpruned model that writes responses (--data self) and logits "
+                                           "(--loss kd); default: base_model in the pruned folder's prunescope.json")
+    out: str | None = field(None, help="output folder: adapter/, merged/, train_log.jsonl, self_generated.jsonl, "
+                                       "checkpoint/")
+    overwrite: bool = field(False, help="start over in a non-empty --out (the teacher-response cache is kept)")
+    resume: bool = field(True, help="continue from --out/checkpoint when it exists")
+    dtype: str = field("auto", help="weights dtype: auto (bfloat16 on GPU, else float32), float32, bfloat16, float16")
+    device: str = field("auto", help="auto, cpu or cuda")
+
+    def validate(self) -> None:
+        super().validate()
+        require(bool(self.model), "--model is required: the pruned model folder (or hub id) to recover")
+        require(bool(self.out), "--out is required: the folder for the adapter, merged model and logs")
+
+
+def _device(device: str) -> str:
+    """Under ``accelerate launch`` each process loads onto its own GPU."""
+    import torch
+    if device == "auto" and torch.cuda.is_available():
+        from accelerate import PartialState
+        return str(PartialState().device)
+    return device
+
+
+def _load_4bit(spec: str):
+    """The student in 4-bit NF4 for QLoRA (bitsandbytes, GPU only)."""
+    import torch
+    if not torch.cuda.is_available():
+        raise UsageError("--qlora needs a CUDA GPU (bitsandbytes 4-bit); drop --qlora on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError("--qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from prunescope.models.loading import resolve_source
+    source, gguf = resolve_source(spec)
+    if gguf:
+        raise UsageError("--qlora loads safetensors checkpoints; convert the .gguf with prunescope prune first")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map={"": _device("auto")})
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.prunescope_source = spec
+    return model, tokenizer
+
+
+def run(config: Config) -> int:
+    from prunescope.models import load_model
+    from prunescope.recovery import recover
+
+    device = _device(config.device)
+    if config.qlora:
+        model, tokenizer = _load_4bit(config.model)
+    else:
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
+    teacher = teacher_tokenizer = None
+    if config.teacher:
+        teacher, teacher_tokenizer = load_model(config.teacher, dtype=config.dtype if not config.qlora else "bfloat16",
+                                                device=device)
+    summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=teacher_tokenizer,
+                      config=RecoverConfig.from_config(config), out=config.out, overwrite=config.overwrite,
+                      resume=config.resume)
+    print(f"recovered in {summary['steps']} steps: {summary['tokens_seen']:,} tokens "
+          f"({summary['response_tokens']:,} trained), {summary['wall_time']:.1f}s "
+          f"({summary['tokens_per_second']:.0f} tokens/s), final loss {summary['final_loss']:.4f}; "
+          f"merged model in {summary['paths']['merged']}")
+    return 0

@@ -1,0 +1,257 @@
+"""``build_report``: report.md, report.html and figures/*.png from a run folder's files alone."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import mean
+
+from prunescope.errors import UsageError
+from prunescope.io import read_json, write_text
+from prunescope.report import figures
+from prunescope.report.findings import findings, recommend
+from prunescope.report.html import Doc
+from prunescope.report.tables import (KINDS, aggregate, baseline_rows, collect_results, kind_label, ordered,
+                                      read_results_csv, results_csv_text, spearman, study_info)
+
+
+def _f(x, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _p(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def load_artifacts(run_dir: Path) -> dict:
+    """Everything the report uses, read from files."""
+    if not (run_dir / "results.csv").is_file() and not (run_dir / "baseline" / "metrics.json").is_file():
+        raise UsageError(f"{run_dir} holds no study results (no results.csv or baseline/metrics.json); "
+                         f"run `prunescope study --out {run_dir}` first")
+    info = study_info(run_dir)
+    if (run_dir / "results.csv").is_file():
+        rows = read_results_csv(run_dir / "results.csv")
+    else:
+        write_text(run_dir / "results.csv", results_csv_text(collect_results(run_dir)))
+        rows = read_results_csv(run_dir / "results.csv")
+    cfg = info.get("config", {})
+    cells = {}
+    for meta_path in sorted((run_dir / "cells").glob("*/prunescope.json")) if (run_dir / "cells").is_dir() else []:
+        meta = read_json(meta_path)
+        eff_path = meta_path.parent / "efficiency.json"
+        cells[(meta["criterion"], float(meta["ratio"]))] = {
+            "meta": meta, "efficiency": read_json(eff_path) if eff_path.is_file() else None}
+    num_layers = info.get("num_layers") or next((c["meta"]["num_layers_before"] for c in cells.values()), None)
+    scores = {}
+    for path in sorted((run_dir / "scores").glob("*.json")) if (run_dir / "scores").is_dir() else []:
+        data = read_json(path)
+        crit = data["criterion"]
+        k = data.get("config", {}).get("num_layers_arg") or 0
+        if crit not in scores or k > scores[crit][0]:  # per-count criteria: show the largest count's profile
+            scores[crit] = (k, data)
+    ablation_path = run_dir / "ablation" / "ablation.json"
+    base_eff = run_dir / "baseline" / "efficiency.json"
+    criteria = ordered([r["criterion"] for r in rows if r["criterion"] != "none"], cfg.get("criteria"))
+    return {
+        "info": info, "config": cfg, "rows": rows, "cells": cells, "num_layers": num_layers or 1,
+        "scores": {c: scores[c][1] for c in ordered(scores, cfg.get("criteria"))},
+        "ablation": read_json(ablation_path) if ablation_path.is_file() else None,
+        "base_efficiency": read_json(base_eff) if base_eff.is_file() else None,
+        "criteria": criteria,
+        "ratios": sorted({r["ratio"] for r in rows if r["criterion"] != "none"}),
+        "methods": ordered([r["recovery"] for r in rows if r["recovery"] != "none"],
+                           (cfg.get("recovery") or {}).get("methods")),
+        "tasks": ordered([r["task"] for r in rows], cfg.get("tasks")),
+    }
+
+
+def agreement(scores: dict[str, dict], removal: dict[str, list[int]], k: int) -> dict:
+    """Pairwise Spearman correlation of the criteria's scores and the overlap of their removal sets."""
+    crits = list(scores)
+    pairs = []
+    for i, a in enumerate(crits):
+        for b in crits[i + 1:]:
+            pairs.append({"a": a, "b": b, "spearman": spearman(scores[a]["scores"], scores[b]["scores"]),
+                          "shared": len(set(removal.get(a, [])) & set(removal.get(b, [])))})
+    return {"criteria": crits, "pairs": pairs, "k": k}
+
+
+def removal_sets(art: dict) -> tuple[int, dict[str, list[int]]]:
+    """The removal sets at the largest tested ratio, in removal order (from the cells, else the scores)."""
+    k = max((c["meta"]["num_layers_before"] - c["meta"]["num_layers_after"] for c in art["cells"].values()), default=0)
+    out = {}
+    for crit, data in art["scores"].items():
+        cell = next((c for (cr, _), c in art["cells"].items() if cr == crit and
+                     c["meta"]["num_layers_before"] - c["meta"]["num_layers_after"] == k), None)
+        chosen = set(cell["meta"]["removed_layers"]) if cell else set(data["order"][:k])
+        out[crit] = [layer for layer in data["order"] if layer in chosen]
+    return k, out
+
+
+def build_report(run_dir: str | Path, *, retention_target: float | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` (self-contained) and ``figures/*.png`` into ``run_dir`` from its
+    artifact files only (results.csv or the metrics files, scores, efficiency, ablation, study.json).
+    Returns the paths written."""
+    run_dir = Path(run_dir)
+    art = load_artifacts(run_dir)
+    cfg, rows, L = art["config"], art["rows"], art["num_layers"]
+    target = retention_target or (cfg.get("report") or {}).get("retention_target") or 0.9
+    criteria, methods = art["criteria"], art["methods"]
+    fig_dir = run_dir / "figures"
+    figs: list[tuple[str, str]] = []
+    if criteria:
+        figures.retention_figure(rows, criteria=criteria, methods=methods, num_layers=L, target=target,
+                                 path=fig_dir / "retention.png")
+        figs.append(("figures/retention.png", "Retention (accuracy / base accuracy) against the fraction of layers "
+                     "removed, per criterion. Thick lines: mean over the tasks of each kind with 95% bands (task "
+                     "intervals divided by the base accuracy); thin lines: single tasks; dashed open markers: after "
+                     "recovery; dotted: chance level; dashed grey: the retention target."))
+    k, removal = removal_sets(art)
+    agree = agreement(art["scores"], removal, k) if art["scores"] else None
+    if art["scores"]:
+        figures.importance_figure({c: d["scores"] for c, d in art["scores"].items()}, removal, k=max(k, 1),
+                                  path=fig_dir / "importance.png")
+        figs.append(("figures/importance.png", f"Layer importance by criterion (min-max normalised; 0 = removed "
+                     f"first). Bottom: the first {k} layers each criterion removes, numbered in removal order; shaded "
+                     f"columns are layers the criteria disagree on."))
+    if art["ablation"]:
+        figures.ablation_figure(art["ablation"], path=fig_dir / "ablation.png")
+        figs.append(("figures/ablation.png", "Accuracy drop (percentage points) when one layer alone is skipped, "
+                     "per task: which layers each skill depends on."))
+    efficiency = {key: c["efficiency"] for key, c in art["cells"].items() if c["efficiency"]}
+    if efficiency and any("speedup" in e for e in efficiency.values()):
+        figures.frontier_figure(rows, efficiency, criteria=criteria, methods=methods, target=target,
+                                path=fig_dir / "frontier.png")
+        figs.append(("figures/frontier.png", "Measured decode speedup against retention per task kind; one marker "
+                     "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
+                     "share of the removed blocks."))
+
+    doc = Doc(f"prunescope study: {cfg.get('name', run_dir.name)}")
+    _intro(doc, art, target)
+    doc.heading("Findings")
+    doc.bullets(findings(rows, criteria=criteria, ratios=art["ratios"], methods=methods, num_layers=L, target=target,
+                         efficiency=efficiency, agreement=agree, ablation=art["ablation"]))
+    doc.heading("Figures")
+    for path, caption in figs:
+        doc.figure(path, caption)
+    _recommendation_table(doc, rows, criteria, methods, target)
+    _tables(doc, art, agree, removal, k)
+    _provenance(doc, art)
+    md = write_text(run_dir / "report.md", doc.markdown())
+    html = write_text(run_dir / "report.html", doc.html(run_dir))
+    return {"markdown": md, "html": html, **{Path(p).stem: run_dir / p for p, _ in figs}}
+
+
+def _intro(doc: Doc, art: dict, target: float) -> None:
+    cfg = art["config"]
+    base = baseline_rows(art["rows"])
+    kinds = {k: [t for t in art["tasks"] if t in base and base[t]["kind"] == k] for k in KINDS}
+    task_text = "; ".join(f"{kind_label(k)}: {', '.join(ts)}" for k, ts in kinds.items() if ts)
+    grid = (f"{len(art['criteria'])} criteria ({', '.join(art['criteria'])}) x {len(art['ratios'])} ratios "
+            f"({', '.join(f'{r:g}' for r in art['ratios'])})")
+    if art["methods"]:
+        grid += f", recovery: {', '.join(art['methods'])}"
+    doc.para(f"Model **{cfg.get('model', '?')}** ({art['num_layers']} layers). Tasks ({task_text}), "
+             f"{cfg.get('limit') or 'all'} items each. Grid: {grid}. Retention target: {target:.0%}. "
+             f"Retention is accuracy divided by the base model's accuracy on the same items.")
+
+
+def _recommendation_table(doc: Doc, rows, criteria, methods, target) -> None:
+    recs = recommend(rows, criteria=criteria, methods=methods, target=target)
+    if not recs:
+        return
+    doc.heading(f"Recommended maximum pruning ratio (retention >= {target:.0%})")
+    doc.table(["task kind", "criterion", "recovery", "max ratio", "layers removed", "retention there", "ratios tested"],
+              [[kind_label(r["kind"]), r["criterion"], r["recovery"],
+                f"{r['max_ratio']:g}" if r["max_ratio"] is not None else "none qualifies", r["layers_removed"],
+                _p(r["retention"]), ", ".join(f"{x:g}" for x in r["tested"])] for r in recs])
+
+
+def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> None:
+    rows, L = art["rows"], art["num_layers"]
+    base = baseline_rows(rows)
+    doc.heading("Tables")
+    doc.heading("Baseline", 3)
+    doc.table(["task", "kind", "n", "accuracy", "95% CI", "chance"],
+              [[t, kind_label(b["kind"]), b["n"], _f(b["accuracy"]), f"{_f(b['ci_lo'])}-{_f(b['ci_hi'])}",
+                _f(b["chance"])] for t, b in ((t, base[t]) for t in art["tasks"] if t in base)])
+    agg = aggregate(rows)
+    kinds = [kd for kd in KINDS if any(key[3] == kd for key in agg)]
+    doc.heading("Retention by task kind", 3)
+    summary = []
+    for crit in art["criteria"]:
+        for ratio in art["ratios"]:
+            for rec in ["none", *art["methods"]]:
+                cells = [agg.get((crit, ratio, rec, kd)) for kd in kinds]
+                if not any(cells):
+                    continue
+                k_removed = next(c["layers_removed"] for c in cells if c)
+                summary.append([crit, f"{ratio:g}", f"{k_removed}/{L}", rec] +
+                               [f"{_p(c['retention'])} [{_p(c['lo'])}, {_p(c['hi'])}]" if c else "" for c in cells])
+    doc.table(["criterion", "ratio", "removed", "recovery"] + [f"{kind_label(kd)} retention [95%]" for kd in kinds],
+              summary, caption="Mean over the tasks of each kind; brackets: mean of the tasks' retention intervals.")
+    doc.heading("Every result", 3)
+    doc.table(["criterion", "ratio", "removed layers", "recovery", "task", "kind", "n", "accuracy", "95% CI",
+               "chance", "retention"],
+              [[r["criterion"], f"{r['ratio']:g}", " ".join(map(str, r["removed"])) or "-", r["recovery"], r["task"],
+                kind_label(r["kind"]), r["n"], _f(r["accuracy"]), f"{_f(r['ci_lo'])}-{_f(r['ci_hi'])}",
+                _f(r["chance"]), _p(r["retention"])] for r in rows],
+              caption="Also in results.csv (one row per cell and task).")
+    effs = [("base", None, art["base_efficiency"])] if art["base_efficiency"] else []
+    effs += [(c, r, cell["efficiency"]) for (c, r), cell in art["cells"].items() if cell["efficiency"]]
+    if effs:
+        doc.heading("Efficiency", 3)
+        doc.table(["model", "layers", "parameters (M)", "block params (M)", "peak memory (MiB)", "prefill (ms)",
+                   "decode (tok/s)", "decode speedup", "ideal speedup", "prefill speedup"],
+                  [[c if r is None else f"{c} r={r:g}", e["num_layers"], _f(e["parameters"]["total"] / 1e6, 2),
+                    _f(e["parameters"]["blocks"] / 1e6, 2), _f(e["memory"]["peak_bytes"] / 2 ** 20, 1),
+                    _f(e["prefill_ms"], 1), _f(e["decode_tokens_per_s"], 1),
+                    _f(e.get("speedup", {}).get("decode"), 2) or "1.00", _f(e.get("speedup", {}).get("ideal"), 2) or "1.00",
+                    _f(e.get("speedup", {}).get("prefill"), 2) or "1.00"] for c, r, e in effs],
+                  caption=_efficiency_note(effs[0][2]))
+    if agree and len(agree["criteria"]) > 1:
+        doc.heading("Where the criteria disagree", 3)
+        crits = agree["criteria"]
+        lookup = {(p["a"], p["b"]): p for p in agree["pairs"]} | {(p["b"], p["a"]): p for p in agree["pairs"]}
+        doc.table(["Spearman"] + crits, [[a] + ["1.00" if a == b else _f(lookup[(a, b)]["spearman"], 2) for b in crits]
+                                         for a in crits], caption="Rank correlation of the layer scores.")
+        doc.table(["criterion", f"first {k} layers removed (in order)", "removed by every criterion?"],
+                  [[c, " ".join(map(str, removal.get(c, []))),
+                    " ".join("yes" if all(layer in removal.get(o, []) for o in crits) else "no"
+                             for layer in removal.get(c, []))] for c in crits])
+    if art["ablation"]:
+        ab = art["ablation"]
+        tasks = list(ab["tasks"])
+        doc.heading("Single-layer ablation (accuracy drop in points)", 3)
+        doc.table(["layer"] + tasks + ["mean"],
+                  [[layer] + [_f(100 * ab["tasks"][t]["drop"][i], 0) for t in tasks] +
+                   [_f(100 * mean(ab["tasks"][t]["drop"][i] for t in tasks), 1)] for i, layer in enumerate(ab["layers"])],
+                  caption=f"{ab.get('limit')} items per task; base accuracy "
+                          + ", ".join(f"{t} {_f(ab['tasks'][t]['base_accuracy'], 2)}" for t in tasks) + ".")
+
+
+def _efficiency_note(e: dict) -> str:
+    s = e.get("settings", {})
+    return (f"Median of {s.get('repeats')} rounds after {s.get('warmup')} warm-up: prefill of {s.get('prompt_tokens')} "
+            f"tokens, then {s.get('new_tokens')} greedy tokens from the KV cache, batch {s.get('batch_size')}, "
+            f"{e.get('device')} {e.get('dtype')}. Peak memory: {e['memory']['method']}. Cells removing the same number "
+            f"of layers share one measurement. Ideal speedup = FLOPs per token before / after (blocks and LM head).")
+
+
+def _provenance(doc: Doc, art: dict) -> None:
+    import yaml
+    info = art["info"]
+    doc.heading("Provenance")
+    items = [f"started {info.get('started', '?')}, finished {info.get('finished', '?')}"
+             + (f" ({info['seconds']:.0f} s of compute)" if info.get("seconds") else "")]
+    if info.get("resumed"):
+        items.append(f"resumed {len(info['resumed'])} time(s): {', '.join(info['resumed'])}")
+    if info.get("seeds"):
+        items.append("seeds: " + ", ".join(f"{k} {v}" for k, v in info["seeds"].items()))
+    if info.get("versions"):
+        items.append("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    if info.get("host"):
+        items.append("host: " + ", ".join(f"{k} {v}" for k, v in info["host"].items() if v is not None))
+    doc.bullets(items)
+    if art["config"]:
+        doc.para("The study's configuration:")
+        doc.code(yaml.safe_dump(art["config"], sort_keys=False))

@@ -1,0 +1,40 @@
+"""``prunescope study``: the whole experiment in one command, resumable, ending in a report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunescope.config import field
+
+HELP = ("Run the study: baseline, layer scores, pruned models per ratio, recovery, efficiency and a report "
+        "(resumes an interrupted run).")
+
+
+@dataclass
+class Config:
+    config: str = field("default", help="study YAML file, or a packaged config: default (CPU, a few minutes) "
+                                        "or paper (8B model on a GPU)")
+    model: str | None = field(None, help="override the config's model (hub id, folder, .gguf or smollm2-135m)")
+    tasks: list[str] | None = field(None, help="override the config's tasks (comma-separated; see `prunescope tasks`)")
+    criteria: list[str] | None = field(None, help="override the config's criteria (comma-separated)")
+    ratios: list[float] | None = field(None, help="override the config's fractions of layers to remove (e.g. 0.1,0.25)")
+    limit: int | None = field(None, help="override the config's items per task")
+    out: str | None = field(None, help="run folder (default runs/<name from the config>)")
+    device: str | None = field(None, help="override the config's device: auto, cpu or cuda")
+    overwrite: bool = field(False, help="delete what the run folder holds and start over instead of resuming")
+
+
+def run(config: Config) -> int:
+    import logging
+    import shutil
+
+    from prunescope.study.config import load_study_config
+    from prunescope.study.runner import run_study
+
+    study = load_study_config(config.config, model=config.model, tasks=config.tasks, criteria=config.criteria,
+                              ratios=config.ratios, limit=config.limit, out=config.out, device=config.device)
+    if config.overwrite and study.out_dir.exists():
+        shutil.rmtree(study.out_dir)
+    logging.getLogger("prunescope.study").setLevel(logging.INFO)
+    out = run_study(study)
+    print(f"report: {out / 'report.md'}\n        {out / 'report.html'}")
+    return 0

@@ -1,0 +1,171 @@
+"""Arithmetic probes: the skill that depth pruning destroys first.
+
+Three formats of the same skill, so recognition and generation can be compared side by side:
+
+* ``arith_<op>_<d>d_gen`` — few-shot ``a op b =``; the model writes the number (exact match of the first
+  integer it produces).
+* ``arith_<op>_<d>d_mc`` — the same question; the model picks the result among four by log-likelihood.
+  Distractors are the mistakes people and pruned models make: off by one, a dropped or extra carry,
+  swapped digits, off by ten.
+* ``arith_mixed_*`` — the paper's single-digit three-operand probe ``(a op b) op c`` (3-shot), as
+  generate, as multiple choice, and with *first-digit* scoring: the model's next-token choice among
+  the ten digits after ``=`` (a multiple choice over the continuations `` 0`` … `` 9``, chance 0.1;
+  the shared leading space adds the same log-probability to every choice, so the argmax equals the
+  argmax over digit tokens of the next-token logits).
+
+Operands of ``d`` digits have exactly ``d`` digits (1-digit ones may be 0); subtraction keeps
+``a >= b`` and the mixed probe keeps results non-negative, so every answer is a plain number.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from prunescope.tasks.sampling import mc_item, synthetic_items
+from prunescope.tasks.spec import Item, Task, register_task
+
+OPS = {"add": "+", "sub": "-", "mul": "*"}
+OP_WORDS = {"add": "addition", "sub": "subtraction", "mul": "multiplication"}
+SHOTS = 5
+MIXED_SHOTS = 3
+_INT = re.compile(r"^\s*(-?\d+)")
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+
+
+def _draw_binary(op: str, digits: int):
+    def draw(rng: random.Random):
+        a, b = _operand(rng, digits), _operand(rng, digits)
+        if op == "-" and b > a:
+            a, b = b, a
+        return f"{a} {op} {b}", _apply(a, op, b)
+    return draw
+
+
+def _draw_mixed(rng: random.Random):
+    while True:
+        a, b, c = (rng.randint(0, 9) for _ in range(3))
+        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+        value = _apply(_apply(a, op1, b), op2, c)
+        if value >= 0:
+            return f"({a} {op1} {b}) {op2} {c}", value
+
+
+def _key(q) -> str:
+    return q[0]
+
+
+def _shots_text(shots) -> str:
+    return "".join(f"{expr} = {value}\n" for expr, value in shots)
+
+
+def first_int(text: str) -> int | None:
+    """The integer a generated answer starts with (``None`` when it does not start with one)."""
+    m = _INT.match(text.replace(",", ""))
+    return int(m.group(1)) if m else None
+
+
+def distractors(value: int, rng: random.Random, *, a: int | None = None, b: int | None = None, k: int = 3) -> list[int]:
+    """``k`` plausible wrong answers to ``value``: off by one/two, a lost or extra carry, swapped
+    digits, off by ten; all distinct, non-negative and different from ``value``."""
+    cands: list[int] = [value + 1, value - 1, value + 10, value - 10]
+    text = str(value)
+    if len(text) >= 2:
+        swapped = text[:-2] + text[-1] + text[-2]
+        cands.append(int(swapped))
+        cands.append(int(text[::-1]))
+    if a is not None and b is not None:
+        # Digit-wise sum without carries, the classic carry error.
+        sa, sb = str(a).zfill(8), str(b).zfill(8)
+        cands.append(int("".join(str((int(x) + int(y)) % 10) for x, y in zip(sa, sb))))
+    cands += [value + 2, value - 2, value + 100, value + 3]
+    pool = []
+    for c in cands:
+        if c >= 0 and c != value and c not in pool:
+            pool.append(c)
+    near, far = pool[:6], pool[6:]
+    rng.shuffle(near)
+    chosen = (near + far)[:k]
+    while len(chosen) < k:  # tiny values: fall back to any other small numbers
+        c = rng.randint(0, max(10, 2 * value + 5))
+        if c != value and c not in chosen:
+            chosen.append(c)
+    return chosen
+
+
+def _check_gen(item: Item, output: str) -> bool:
+    return first_int(output) == item.gold
+
+
+def _gen_task(name: str, description: str, family: str, draw, shots: int, default_n: int = 200) -> Task:
+    def make(n, seed, split):
+        def build(q, shot_qs, rng, i):
+            expr, value = q
+            prompt = _shots_text(shot_qs) + f"{expr} ="
+            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold=value, target=f" {value}",
+                        meta={"expression": expr})
+        return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=_key, build=build,
+                               shots=shots, default_n=default_n)
+    return Task(name=name, kind="generate", description=description, chance=0.0, make_items=make,
+                stop=["\n"], max_new_tokens=12, check=_check_gen, family=family)
+
+
+def _mc_task(name: str, description: str, family: str, draw, shots: int, default_n: int = 200) -> Task:
+    def make(n, seed, split):
+        def build(q, shot_qs, rng, i):
+            expr, value = q
+            nums = [int(x) for x in re.findall(r"\d+", expr)]
+            wrong = distractors(value, rng, a=nums[0], b=nums[1]) if len(nums) == 2 and "+" in expr \
+                else distractors(value, rng)
+            return mc_item(id=f"{name}-{split}-{seed}-{i}", prompt=_shots_text(shot_qs) + f"{expr} =",
+                           gold_text=str(value), distractors=[str(w) for w in wrong], rng=rng,
+                           meta={"expression": expr, "value": value})
+        return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=_key, build=build,
+                               shots=shots, default_n=default_n)
+    return Task(name=name, kind="multiple_choice", description=description, chance=0.25, make_items=make,
+                family=family)
+
+
+def _first_digit_task() -> Task:
+    name, family = "arith_mixed_first_digit", "arith_mixed"
+
+    def make(n, seed, split):
+        def build(q, shot_qs, rng, i):
+            expr, value = q
+            choices = [f" {d}" for d in range(10)]
+            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=_shots_text(shot_qs) + f"{expr} =",
+                        gold=int(str(value)[0]), target=choices[int(str(value)[0])], choices=choices,
+                        meta={"expression": expr, "value": value})
+        return synthetic_items(family=family, n=n, seed=seed, split=split, draw=_draw_mixed, key=_key,
+                               build=build, shots=MIXED_SHOTS)
+    return Task(name=name, kind="multiple_choice", chance=0.1, make_items=make, family=family,
+                description="(a op b) op c, single digits, 3-shot: first digit of the answer, argmax over the ten digits")
+
+
+def _register(name: str, factory) -> None:
+    register_task(name)(factory)
+
+
+for _op, _sym in OPS.items():
+    for _d in (1, 2, 3, 4):
+        _family = f"arith_{_op}_{_d}d"
+        _desc = f"{_d}-digit {OP_WORDS[_op]} ({_sym}), {SHOTS}-shot"
+        _draw = _draw_binary(_sym, _d)
+        _register(f"{_family}_gen", lambda n=f"{_family}_gen", f=_family, d=_desc, dr=_draw:
+                  _gen_task(n, d + ", generate the number", f, dr, SHOTS))
+        _register(f"{_family}_mc", lambda n=f"{_family}_mc", f=_family, d=_desc, dr=_draw:
+                  _mc_task(n, d + ", pick the result among 4", f, dr, SHOTS))
+
+register_task("arith_mixed_gen")(lambda: _gen_task(
+    "arith_mixed_gen", "(a op b) op c, single digits, 3-shot, generate the number", "arith_mixed", _draw_mixed,
+    MIXED_SHOTS))
+register_task("arith_mixed_mc")(lambda: _mc_task(
+    "arith_mixed_mc", "(a op b) op c, single digits, 3-shot, pick the result among 4", "arith_mixed", _draw_mixed,
+    MIXED_SHOTS))
+register_task("arith_mixed_first_digit")(_first_digit_task)

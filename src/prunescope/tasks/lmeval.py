@@ -1,0 +1,94 @@
+"""``lmeval:<task>``: any lm-evaluation-harness task on the in-memory model.
+
+The model (base, pruned or recovered, never reloaded from disk) is wrapped in lm-eval's HF backend
+(``HFLM(pretrained=model, tokenizer=tokenizer)``) and run with ``lm_eval.simple_evaluate``; the
+result is mapped into prunescope's metrics shape (accuracy with a Wilson interval, chance level), so
+MMLU, ARC, HellaSwag, PIQA, WinoGrande… sit in the same table as the built-in probes. Needs the
+optional extra ``pip install prunescope[lmeval]`` and, for most tasks, access to the dataset hub.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prunescope.errors import UsageError
+from prunescope.tasks.spec import Task
+
+PREFIX = "lmeval:"
+# The headline metric, in order of preference; lm-eval keys are "<metric>,<filter>".
+_PREFERRED = ("acc", "exact_match", "pass@1", "acc_norm", "mc2", "f1")
+_OUTPUT_KIND = {"multiple_choice": "multiple_choice", "loglikelihood": "multiple_choice",
+                "generate_until": "generate", "loglikelihood_rolling": "perplexity"}
+
+
+def _import_lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise UsageError("lmeval: tasks need lm-evaluation-harness: pip install 'prunescope[lmeval]'") from None
+    return lm_eval, HFLM
+
+
+def _headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "_stderr" not in k}
+    for want in _PREFERRED:
+        for key, value in numeric.items():
+            if key.split(",")[0] == want:
+                return key, float(value)
+    return next(iter(numeric.items()), None)
+
+
+def map_results(task_name: str, results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """prunescope's (metrics, samples) from an ``lm_eval.simple_evaluate`` result for ``task_name``."""
+    table = results.get("results", {}).get(task_name) or results.get("groups", {}).get(task_name)
+    if table is None:
+        raise UsageError(f"lm-eval returned no results for {task_name!r}")
+    headline = _headline(table)
+    if headline is None:
+        raise UsageError(f"lm-eval task {task_name!r} reported no numeric metric")
+    metric, accuracy = headline
+    n_samples = results.get("n-samples", {})
+    n = n_samples.get(task_name, {}).get("effective")
+    if n is None:
+        n = sum(v.get("effective", 0) for v in n_samples.values())
+    output_type = results.get("configs", {}).get(task_name, {}).get("output_type", "multiple_choice")
+    samples = []
+    inverse_choices = []
+    for sub, rows in results.get("samples", {}).items():
+        for row in rows:
+            args = row.get("arguments") or []
+            if output_type == "multiple_choice" and args:
+                inverse_choices.append(1.0 / len(args))
+            samples.append({"task": f"{PREFIX}{task_name}", "subtask": sub, "id": row.get("doc_id"),
+                            "target": row.get("target"), "correct": row.get(metric.split(",")[0]),
+                            "response": row.get("filtered_resps")})
+    chance = sum(inverse_choices) / len(inverse_choices) if inverse_choices else 0.0
+    extras = {k: v for k, v in table.items() if isinstance(v, (int, float)) and k != metric}
+    metrics = {"kind": _OUTPUT_KIND.get(output_type, output_type), "n": int(n or 0), "accuracy": accuracy,
+               "correct": round(accuracy * (n or 0)), "chance": chance, "metric": f"lmeval {metric}",
+               "lmeval": extras}
+    return metrics, samples
+
+
+def lmeval_task(task_name: str) -> Task:
+    """A Task that runs lm-eval's ``task_name`` (kind and chance come from lm-eval at run time)."""
+    if not task_name:
+        raise UsageError("--tasks lmeval: needs a task name, e.g. lmeval:hellaswag")
+
+    def run(model, tokenizer, *, limit=None, seed=0, batch_size="auto"):
+        lm_eval, HFLM = _import_lm_eval()
+        bs = batch_size if isinstance(batch_size, int) else 16
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs)
+        results = lm_eval.simple_evaluate(model=lm, tasks=[task_name], limit=limit, random_seed=seed,
+                                          numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                                          log_samples=True)
+        if results is None:
+            raise UsageError(f"lm-eval produced no results for {task_name!r}")
+        return map_results(task_name, results)
+
+    def no_items(n, seed, split):
+        raise UsageError(f"{PREFIX}{task_name} is run by lm-eval and has no items of its own; use a built-in task")
+
+    return Task(name=f"{PREFIX}{task_name}", kind="multiple_choice", chance=0.0, make_items=no_items,
+                evaluate_fn=run, family="lmeval",
+                description=f"lm-evaluation-harness task {task_name!r} (optional extra)")

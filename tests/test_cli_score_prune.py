@@ -1,0 +1,170 @@
+"""`prunescope score` and `prunescope prune` end to end on a tiny saved model, and every bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunescope.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run hundreds of small matmuls; on a busy machine two threads wait on each other."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr without transformers' weight-loading progress bar."""
+    return [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "Loading weights" not in line]
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def scores_file(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "scores.json"
+    code, out, err = _run(capsys, "score", "--model", tiny_model_dir, "--criterion", "block_influence",
+                          "--max-calib-tokens", 200, "--device", "cpu", "--out", path)
+    assert code == 0, err
+    return path
+
+
+def test_score_writes_a_valid_scores_file(scores_file, capsys):
+    data = json.loads(scores_file.read_text())
+    assert data["criterion"] == "block_influence" and data["num_layers"] == 6
+    assert sorted(data["order"]) == list(range(6)) and len(data["scores"]) == 6
+    # an existing --out is kept unless --overwrite
+    code, _, err = _run(capsys, "score", "--model", "x", "--criterion", "ppl", "--out", scores_file)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_prune_with_explicit_layers_loads_with_plain_transformers(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+    out_dir = tmp_path / "pruned"
+    code, out, err = _run(capsys, "prune", "--model", tiny_model_dir, "--layers", "1,4", "--out", out_dir)
+    assert code == 0, err
+    assert "removed layers (0-based): 1, 4" in out and "layers: 6 -> 4" in out and str(out_dir) in out
+    assert "parameters:" in out
+    model = AutoModelForCausalLM.from_pretrained(out_dir)
+    assert model.config.num_hidden_layers == 4 and len(model.model.layers) == 4
+    meta = json.loads((out_dir / "prunescope.json").read_text())
+    assert meta["removed_layers"] == [1, 4] and meta["criterion"] is None
+
+
+def test_prune_reuses_saved_scores_without_recomputing(tiny_model_dir, scores_file, tmp_path, capsys, monkeypatch):
+    import prunescope.criteria
+
+    def refuse(*a, **k):
+        raise AssertionError("scores were recomputed")
+    monkeypatch.setattr(prunescope.criteria, "score_layers", refuse)
+    out_dir = tmp_path / "from_scores"
+    code, out, err = _run(capsys, "prune", "--model", tiny_model_dir, "--scores", scores_file, "--num-layers", 2,
+                          "--out", out_dir)
+    assert code == 0, err
+    scores = json.loads(scores_file.read_text())
+    meta = json.loads((out_dir / "prunescope.json").read_text())
+    assert meta["removed_layers"] == sorted(scores["order"][:2])
+    assert meta["criterion"] == "block_influence" and meta["scores"]["scores"] == scores["scores"]
+
+
+@pytest.mark.parametrize("flags, criterion, removed", [
+    (["--criterion", "ppl", "--num-layers", "2"], "ppl", 2),
+    (["--ratio", "0.34"], "block_influence", 2),
+    (["--criterion", "angular", "--num-layers", "2"], "angular", 2),
+])
+def test_prune_with_a_criterion(tiny_model_dir, tmp_path, capsys, flags, criterion, removed):
+    from transformers import AutoModelForCausalLM
+    out_dir = tmp_path / "pruned"
+    code, out, err = _run(capsys, "prune", "--model", tiny_model_dir, *flags, "--out", out_dir)
+    assert code == 0, err
+    meta = json.loads((out_dir / "prunescope.json").read_text())
+    assert meta["criterion"] == criterion and len(meta["removed_layers"]) == removed
+    assert meta["removed_layers"] == sorted(meta["scores"]["order"][:removed])
+    if criterion == "angular":  # a contiguous block
+        a, b = meta["removed_layers"]
+        assert b == a + 1
+    assert AutoModelForCausalLM.from_pretrained(out_dir).config.num_hidden_layers == 6 - removed
+
+
+def _bad_scores(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"model": "m", "criterion": "random", "num_layers": 4, "scores": [0, 1, 2, 3],
+                                "order": [0, 1, 2, 3], "config": {}}))
+    return path
+
+
+BAD = {
+    "negative index": (["--layers", "-1"], "out of range"),
+    "index out of range": (["--layers", "2,6"], "out of range"),
+    "duplicate": (["--layers", "2,2"], "more than once"),
+    "every layer": (["--layers", "0-5"], "no model"),
+    "K too large": (["--criterion", "random", "--num-layers", "6"], "less than"),
+    "ratio above 1": (["--ratio", "1.5"], "between 0 and 1"),
+    "ratio zero": (["--ratio", "0"], "between 0 and 1"),
+    "unknown criterion": (["--criterion", "blok_influence", "--num-layers", "1"], "did you mean"),
+    "conflicting flags": (["--layers", "1", "--ratio", "0.5"], "cannot be combined"),
+    "count twice": (["--num-layers", "1", "--ratio", "0.5"], "give one"),
+    "scores and criterion": (["--scores", "s.json", "--criterion", "ppl", "--num-layers", "1"], "--scores"),
+    "nothing selected": ([], "--layers"),
+    "criterion without count": (["--criterion", "ppl"], "--num-layers"),
+    "malformed calibration": (["--criterion", "ppl", "--num-layers", "1", "--calib", "CALIB"], "line 2"),
+    "scores of another model": (["--scores", "OTHER", "--num-layers", "1"], "4 layers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_prune_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, tmp_path, capsys):
+    flags, expected = BAD[case]
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"text": "fine"}\n{"text": oops}\n')
+    flags = [str(calib) if f == "CALIB" else str(_bad_scores(tmp_path)) if f == "OTHER" else f for f in flags]
+    out_dir = tmp_path / "out"
+    code, _, err = _run(capsys, "prune", "--model", tiny_model_dir, *flags, "--out", out_dir)
+    assert code == 2
+    assert len(_error_lines(err)) == 1 and expected in err and "Traceback" not in err, err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_bad_model_path_and_non_empty_out(tmp_path, tiny_model_dir, capsys):
+    code, _, err = _run(capsys, "prune", "--model", tmp_path / "nowhere", "--layers", "1", "--out", tmp_path / "o")
+    assert code == 2 and "no such file" in err and len(_error_lines(err)) == 1
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    code, _, err = _run(capsys, "prune", "--model", tiny_model_dir, "--layers", "1", "--out", busy)
+    assert code == 2 and "--overwrite" in err
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    code, out, err = _run(capsys, "prune", "--model", tiny_model_dir, "--layers", "1", "--out", busy, "--overwrite")
+    assert code == 0, err
+    assert (busy / "config.json").is_file() and not (busy / "keep.txt").exists()
+
+
+def test_score_bad_input(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "s.json"
+    cases = [
+        (["--criterion", "pll"], "did you mean 'ppl'"),
+        ([], "--criterion is required"),
+        (["--criterion", "sleb", "--num-layers", "6"], "--num-layers 6"),
+        (["--criterion", "ppl", "--calib", tmp_path / "none.jsonl"], "no such file"),
+    ]
+    for flags, expected in cases:
+        code, _, err = _run(capsys, "score", "--model", tiny_model_dir, *flags, "--out", out)
+        assert code == 2 and expected in err and len(_error_lines(err)) == 1, (flags, err)
+        assert not out.exists()
+
+
+def test_help_lists_the_flags(capsys):
+    for verb, flag in (("score", "--criterion"), ("prune", "--ratio")):
+        with pytest.raises(SystemExit) as exc:
+            main([verb, "--help"])
+        assert exc.value.code == 0 and flag in capsys.readouterr().out

@@ -1,0 +1,200 @@
+"""The sandbox: failure classes, and hostile programs that must neither hang nor harm anything.
+
+Every hostile program runs in a child process with small limits; nothing model-written runs here.
+"""
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+
+import pytest
+
+from prunescope.eval import sandbox, sandbox_users
+from prunescope.eval.sandbox import classify_failure, run_program, run_programs
+
+FAST = dict(timeout=3.0, workers=4, memory_mb=512, max_processes=8, max_file_mb=4)
+
+
+@pytest.fixture
+def sacrificial_dir():
+    """A directory outside any sandbox, readable by everyone, holding one file; removed afterwards."""
+    path = tempfile.mkdtemp(prefix="prunescope-sacrificial-")
+    os.chmod(path, 0o755)
+    with open(os.path.join(path, "precious.txt"), "w") as f:
+        f.write("keep me")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listening_socket():
+    """A TCP server on 127.0.0.1 that records whether anyone connected."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    connections = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                connections.append(server.accept()[0])
+            except (socket.timeout, OSError):
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], connections
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def user_isolation() -> bool:
+    return os.geteuid() == 0 and sandbox._isolation_mode() == "user"
+
+
+def assert_no_sandbox_processes():
+    base = sandbox_users._base_uid()
+    assert not sandbox_users._in_use
+    assert all(not sandbox_users.processes_of(uid) for uid in range(base, base + 32))
+
+
+@pytest.mark.parametrize("stderr, code, timed_out, expected", [
+    ("Traceback (most recent call last):\n  File \"program.py\", line 3\nAssertionError\n", 1, False, "assertion"),
+    ("  File \"program.py\", line 1\n    x = (1,\n        ^\nSyntaxError: '(' was never closed\n", 1, False, "bracket_syntax"),
+    ("SyntaxError: unmatched ')'\n", 1, False, "bracket_syntax"),
+    ("SyntaxError: closing parenthesis ']' does not match opening parenthesis '('\n", 1, False, "bracket_syntax"),
+    ("SyntaxError: unexpected EOF while parsing\n", 1, False, "bracket_syntax"),
+    ("SyntaxError: invalid syntax\n", 1, False, "syntax"),
+    ("IndentationError: expected an indented block after 'if' statement on line 2\n", 1, False, "syntax"),
+    ("NameError: name 'foo' is not defined\n", 1, False, "name_error"),
+    ("UnboundLocalError: cannot access local variable 'x'\n", 1, False, "name_error"),
+    ("MemoryError\n", 1, False, "memory"),
+    ("ZeroDivisionError: division by zero\n", 1, False, "other"),
+    ("AssertionError\n", -9, True, "timeout"),
+    ("", -24, False, "timeout"),  # SIGXCPU: CPU limit
+    ("", -9, False, "killed"),
+    ("", 0, False, "other"),
+])
+def test_classify_failure(stderr, code, timed_out, expected):
+    assert classify_failure(stderr, code, timed_out) == expected
+
+
+def test_statuses_in_input_order():
+    programs = {
+        "passed": "print('hello')\nassert sum([1, 2]) == 3\n",
+        "assertion": "def f():\n    return 1\nassert f() == 2\n",
+        "bracket_syntax": "def f(x):\n    return (x + 1\n",
+        "syntax": "def f(:\n    pass\n",
+        "name_error": "undefined_function(3)\n",
+        "other": "1 / 0\n",
+    }
+    results = run_programs(list(programs.values()), **FAST)
+    assert [r.status for r in results] == list(programs)
+    assert [r.passed for r in results] == [True, False, False, False, False, False]
+    assert results[0].stdout == "hello\n" and results[0].returncode == 0
+    assert "never closed" in results[2].reason and "undefined_function" in results[4].reason
+    assert all("\n" not in r.reason for r in results)
+
+
+def test_early_exit_never_passes():
+    """os._exit(0), sys.exit(0), a killed process: none of them reached the completion token."""
+    programs = [
+        "import os\nos._exit(0)\nassert False\n",
+        "import sys\nsys.exit(0)\n",
+        "raise SystemExit\n",
+        "import os\nprint('0' * 32)\nos._exit(0)\n",
+        "import signal\nsignal.raise_signal(signal.SIGTERM)\n",
+    ]
+    results = run_programs(programs, **FAST)
+    assert not any(r.passed for r in results)
+    assert [r.returncode for r in results][:3] == [0, 0, 0]
+    assert results[4].status == "killed"
+
+
+def test_hostile_programs_fail_with_reason(sacrificial_dir, listening_socket):
+    port, connections = listening_socket
+    precious = os.path.join(sacrificial_dir, "precious.txt")
+    programs = {
+        "infinite loop": ("while True:\n    pass\n", "timeout"),
+        "sleeps forever": ("import time\ntime.sleep(1000)\n", "timeout"),
+        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+        "memory bomb": ("x = bytearray(8 * 1024 ** 3)\n", "memory"),
+        "growing memory": ("x = []\nwhile True:\n    x.append(' ' * 10 ** 7)\n", "memory"),
+        "rmtree outside": (f"import shutil\nshutil.rmtree({sacrificial_dir!r})\n", "other"),
+        "remove outside": (f"import os\nos.remove({precious!r})\n", "other"),
+        "write outside": (f"open({os.path.join(sacrificial_dir, 'new.txt')!r}, 'w').write('x')\n", "other"),
+        "subprocess": ("import subprocess\nsubprocess.run(['rm', '-rf', '/tmp/nothing'])\n", "other"),
+        "socket": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", "other"),
+        "kill parent": ("import os\nos.kill(os.getppid(), 9)\n", "other"),
+        "output flood": ("while True:\n    print('x' * 10000)\n", "timeout"),
+        "huge file": ("with open('big', 'wb') as f:\n    f.write(b'x' * (64 << 20))\n", "other"),
+    }
+    start = time.monotonic()
+    results = run_programs([p for p, _ in programs.values()], **FAST)
+    elapsed = time.monotonic() - start
+    for (name, (_, expected)), result in zip(programs.items(), results):
+        assert not result.passed, name
+        assert result.status == expected, (name, result.status, result.reason)
+        assert result.reason and "\n" not in result.reason
+    assert elapsed < 30
+    assert os.path.isfile(precious) and open(precious).read() == "keep me"
+    assert sorted(os.listdir(sacrificial_dir)) == ["precious.txt"]
+    assert not connections
+    assert len(results[11].stdout) < 64_000  # output is truncated, not accumulated
+    assert "File too large" in results[12].reason
+    if user_isolation():
+        assert_no_sandbox_processes()
+
+
+def test_working_directory_environment_and_network():
+    os.environ["PRUNESCOPE_TEST_SECRET"] = "do-not-leak"
+    try:
+        result = run_program("import os, sys\nprint(os.getcwd())\nprint(sorted(os.environ))\n"
+                             "print(open('/proc/net/dev').read().count(':'))\n"
+                             "open('scratch.txt', 'w').write('mine')\nprint(sys.stdin.read() == '')\n", **FAST)
+    finally:
+        del os.environ["PRUNESCOPE_TEST_SECRET"]
+    assert result.passed, result.reason
+    cwd, env_names, interfaces, stdin_empty = result.stdout.splitlines()
+    assert not os.path.exists(cwd)  # the working directory is removed afterwards
+    assert "PRUNESCOPE_TEST_SECRET" not in env_names and "do-not-leak" not in result.stdout
+    assert stdin_empty == "True"
+    if os.geteuid() == 0:
+        assert interfaces == "1"  # a fresh network namespace: only the loopback device
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="separate user ids per program need root")
+def test_os_level_containment_without_the_guard(sacrificial_dir, listening_socket):
+    """With Python's guard off, the OS limits alone contain the same attacks."""
+    if not user_isolation():
+        pytest.skip("running programs under a separate user id does not work on this machine")
+    port, connections = listening_socket
+    precious = os.path.join(sacrificial_dir, "precious.txt")
+    programs = {
+        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+        "rmtree outside": (f"import shutil\nshutil.rmtree({sacrificial_dir!r})\n", "other"),
+        "chmod outside": (f"import os\nos.chmod({precious!r}, 0o777)\n", "other"),
+        "kill parent": ("import os\nos.kill(os.getppid(), 9)\n", "other"),
+        "socket": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", "other"),
+        "escape and linger": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\n", "passed"),
+    }
+    results = run_programs([p for p, _ in programs.values()], guard=False, **FAST)
+    for (name, (_, expected)), result in zip(programs.items(), results):
+        assert result.status == expected, (name, result.status, result.reason)
+    assert "Permission" in results[1].reason and "Operation not permitted" in results[3].reason
+    assert os.path.isfile(precious) and stat.S_IMODE(os.stat(precious).st_mode) == 0o644
+    assert sorted(os.listdir(sacrificial_dir)) == ["precious.txt"]
+    assert not connections
+    assert_no_sandbox_processes()  # the fork bomb and the lingering child are gone
+
+
+def test_bad_limits():
+    with pytest.raises(ValueError):
+        run_programs(["pass"], timeout=0)
+    assert run_programs([]) == []

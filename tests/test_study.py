@@ -1,0 +1,191 @@
+"""The whole study on a tiny saved model: every file it writes, resume after an interruption, bad configs."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from prunescope.errors import UsageError
+from prunescope.study import Stages, StudyConfig, load_study_config, run_study
+from prunescope.study.config import CONFIG_DIR, RecoveryPlan
+
+
+class Counting:
+    """Wraps the real stage functions, counting calls and optionally failing on the n-th call of one."""
+
+    def __init__(self, fail: str | None = None, after: int = 0):
+        self.calls: dict[str, int] = {}
+        self.fail, self.after = fail, after
+
+    def stages(self) -> Stages:
+        real = Stages().resolved()
+
+        def wrap(name):
+            fn = getattr(real, name)
+
+            def call(*args, **kwargs):
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if name == self.fail and self.calls[name] > self.after:
+                    raise KeyboardInterrupt  # what Ctrl-C or a kill looks like to the code in between
+                return fn(*args, **kwargs)
+            return call
+
+        return Stages(**{n: wrap(n) for n in ("load_model", "score_layers", "evaluate", "measure_efficiency")})
+
+
+def tiny_config(model_dir, out, **overrides) -> StudyConfig:
+    settings = dict(
+        name="tiny", model=str(model_dir), dtype="float32", device="cpu",
+        tasks=["arith_add_1d_gen", "arith_add_1d_mc"], limit=2, criteria=["reverse", "block_influence", "angular"],
+        ratios=[0.2, 0.5], scoring={"calib": ["The quick brown fox jumps over the lazy dog. " * 4] * 2},
+        efficiency={"prompt_tokens": 8, "new_tokens": 4, "repeats": 2, "warmup": 1},
+        ablation={"enabled": True, "limit": 1, "tasks": ["arith_add_1d_mc"]},
+        recovery={"methods": ["lora"], "criteria": ["block_influence"], "ratios": [0.5],
+                  "settings": {"data": "dataset", "prompts": "arith_add_1d_gen", "num_prompts": 4, "max_steps": 2,
+                               "batch_size": 2, "lora_r": 2, "save_every": 0}},
+        out=str(out))
+    settings.update(overrides)
+    from prunescope.study.config import from_mapping
+    return from_mapping(StudyConfig, settings)
+
+
+def _snapshot(run: Path) -> dict[str, float]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "run"
+    counter = Counting()
+    start = time.perf_counter()
+    run_study(tiny_config(tiny_model_dir, out), stages=counter.stages())
+    return out, counter, time.perf_counter() - start
+
+
+def test_study_writes_every_artifact(finished_run):
+    run, counter, seconds = finished_run
+    for rel in ["study.json", "results.csv", "report.md", "report.html", "baseline/metrics.json",
+                "baseline/samples.jsonl", "baseline/efficiency.json", "scores/reverse.json",
+                "scores/block_influence.json", "scores/angular-k1.json", "scores/angular-k3.json",
+                "ablation/ablation.json", "ablation/base.json", "figures/retention.png", "figures/importance.png",
+                "figures/ablation.png", "figures/frontier.png"]:
+        assert (run / rel).is_file(), rel
+    for crit in ("reverse", "block_influence", "angular"):
+        for ratio, k in ((0.2, 1), (0.5, 3)):
+            cell = run / "cells" / f"{crit}-r{ratio:g}"
+            for name in ("prunescope.json", "metrics.json", "samples.jsonl", "efficiency.json"):
+                assert (cell / name).is_file(), (cell, name)
+            meta = json.loads((cell / "prunescope.json").read_text())
+            assert len(meta["removed_layers"]) == k and meta["num_layers_after"] == 6 - k
+            eff = json.loads((cell / "efficiency.json").read_text())
+            assert eff["num_layers"] == 6 - k and eff["speedup"]["ideal"] > 1
+    assert json.loads((run / "cells/reverse-r0.5/prunescope.json").read_text())["removed_layers"] == [3, 4, 5]
+    assert not list(run.rglob(".pending"))
+    rec = run / "cells/block_influence-r0.5/recovery-lora"
+    assert (rec / "train_log.jsonl").is_file() and (rec / "metrics.json").is_file()
+    assert not (rec / "merged").exists()  # kept only when recovery.keep_merged is set
+    lines = (run / "results.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * (1 + 3 * 2 + 1)  # header + tasks x (baseline + 6 cells + 1 recovered)
+    info = json.loads((run / "study.json").read_text())
+    assert info["num_layers"] == 6 and info["finished"] and info["config"]["criteria"][2] == "angular"
+    assert "torch" in info["versions"]
+    ablation = json.loads((run / "ablation/ablation.json").read_text())
+    assert len(ablation["tasks"]["arith_add_1d_mc"]["drop"]) == 6
+    # scores computed once per criterion (angular once per layer count), models loaded once
+    assert counter.calls["score_layers"] == 4 and counter.calls["load_model"] == 2  # base + recovered
+    assert seconds < 120
+
+
+def test_rerun_recomputes_nothing(finished_run, tiny_model_dir):
+    run, _, _ = finished_run
+    before = _snapshot(run)
+    counter = Counting()
+    run_study(tiny_config(tiny_model_dir, run), stages=counter.stages())
+    assert counter.calls == {}  # the model is not even loaded
+    after = _snapshot(run)
+    for rel in ("results.csv", "baseline/metrics.json", "cells/angular-r0.5/metrics.json", "scores/reverse.json"):
+        assert after[rel] == before[rel], rel
+
+
+def test_resume_after_interruption(tiny_model_dir, tmp_path, finished_run):
+    reference, _, _ = finished_run
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, out, ablation={"enabled": False}, recovery={"methods": []})
+    # interrupt in the middle of the grid: the 4th evaluation (baseline + 2 cells done) raises
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, stages=Counting(fail="evaluate", after=3).stages())
+    done = sorted(p.parent.name for p in out.glob("cells/*/metrics.json"))
+    assert done == ["reverse-r0.2", "reverse-r0.5"]
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.json")}
+    assert not (out / "results.csv").exists()
+    counter = Counting()
+    run_study(config, stages=counter.stages())
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished cells untouched
+    assert counter.calls["evaluate"] == 6 - 2  # only the cells left
+    assert "score_layers" not in counter.calls  # scores are reused from scores/*.json
+    expected = [line for line in (reference / "results.csv").read_text().splitlines() if ",lora," not in line]
+    assert (out / "results.csv").read_text().splitlines() == expected
+    info = json.loads((out / "study.json").read_text())
+    assert len(info["resumed"]) == 1 and info["finished"]
+
+
+def test_different_identity_is_refused(finished_run, tiny_model_dir):
+    run, _, _ = finished_run
+    with pytest.raises(UsageError, match="different limit"):
+        run_study(tiny_config(tiny_model_dir, run, limit=4))
+
+
+def test_packaged_configs_load():
+    default = load_study_config("default")
+    assert default.model == "smollm2-135m" and len(default.ratios) >= 3 and default.recovery.methods
+    kinds = {"mc" if t.endswith("_mc") or "first_digit" in t else "gen" for t in default.tasks}
+    assert kinds == {"mc", "gen"}
+    paper = load_study_config("paper")
+    assert paper.ratios == [0.125, 0.25] and set(paper.criteria) == {"reverse", "block_influence", "greedy_task"}
+    assert paper.recovery.settings["lora_r"] == 64
+    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= {"default", "paper"}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("ratio: [0.1]\n", "unknown key 'ratio'; did you mean 'ratios'"),
+    ("ratios: [0.1, 1.5]\n", r"ratios\[1\]|ratios: 1.5 is not a fraction"),
+    ("ratios: [0]\n", "ratios: 0"),
+    ("recovery:\n  method: [lora]\n", "unknown key recovery.'method'|unknown key 'recovery.method'|recovery.method"),
+    ("limit: lots\n", "limit"),
+    ("efficiency:\n  repeats: 0\n", "efficiency.repeats"),
+    ("tasks: []\n", "tasks"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("ratios: [0.1\n", "not valid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, match):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=match):
+        load_study_config(path)
+
+
+def test_unknown_criterion_and_task_suggest_names(tiny_model_dir, tmp_path):
+    with pytest.raises(UsageError, match="criteria: unknown criterion 'block_influense'; did you mean 'block_influence'"):
+        run_study(tiny_config(tiny_model_dir, tmp_path / "a", criteria=["block_influense"], recovery={}))
+    with pytest.raises(UsageError, match="tasks: .*arith_add_1d_gem"):
+        run_study(tiny_config(tiny_model_dir, tmp_path / "b", tasks=["arith_add_1d_gem"]))
+    assert not (tmp_path / "a").exists()
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from prunescope.cli import main
+    assert main(["study", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("critera: [reverse]\n")
+    assert main(["study", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'criteria'" in err and str(bad) in err and err.count("\n") == 1
+
+
+def test_recovery_plan_selects_cells():
+    cfg = StudyConfig(criteria=["reverse", "block_influence"], ratios=[0.1, 0.2],
+                      recovery=RecoveryPlan(methods=["lora"], criteria=["block_influence"], ratios=[0.2]))
+    assert cfg.recovered_cells() == [("block_influence", 0.2)]
+    with pytest.raises(UsageError, match="recovery.ratios: 0.3 is not among ratios"):
+        StudyConfig(ratios=[0.1], recovery=RecoveryPlan(methods=["lora"], ratios=[0.3]))

@@ -1,0 +1,228 @@
+import json
+import random
+
+import pytest
+
+from prunescope.errors import UsageError
+from prunescope.tasks import get_task, task_names
+from prunescope.tasks import arithmetic, brackets, gsm8k
+from prunescope.tasks.sampling import partition_of
+
+REQUIRED = ["arith_add_1d_gen", "arith_add_1d_mc", "arith_add_2d_gen", "arith_add_2d_mc", "arith_sub_2d_gen",
+            "arith_sub_2d_mc", "arith_mul_1d_gen", "arith_mul_1d_mc", "arith_add_3d_gen", "arith_add_3d_mc",
+            "arith_add_4d_gen", "arith_add_4d_mc", "arith_mixed_gen", "arith_mixed_mc", "arith_mixed_first_digit",
+            "brackets_gen", "brackets4_gen", "brackets4_mc", "brackets_balanced_mc", "copy_words_gen", "gsm8k",
+            "gsm8k_mc"]
+SYNTHETIC = [n for n in REQUIRED if not n.startswith("gsm8k")]
+
+
+def test_required_names_and_full_arithmetic_grid():
+    names = set(task_names())
+    assert set(REQUIRED) <= names
+    for op in ("add", "sub", "mul"):
+        for d in (1, 2, 3, 4):
+            assert {f"arith_{op}_{d}d_gen", f"arith_{op}_{d}d_mc"} <= names
+
+
+def test_unknown_task_suggests_near_name():
+    with pytest.raises(UsageError, match="did you mean 'arith_add_2d_mc'"):
+        get_task("arith_add_2d_mcq")
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_items_are_deterministic_and_well_formed(name):
+    task = get_task(name)
+    a, b = task.items(30, seed=3), task.items(30, seed=3)
+    assert [(i.prompt, i.choices, i.gold) for i in a] == [(i.prompt, i.choices, i.gold) for i in b]
+    assert [i.prompt for i in task.items(30, seed=4)] != [i.prompt for i in a]
+    for item in a:
+        if task.kind == "multiple_choice":
+            assert len(set(item.choices)) == len(item.choices) >= 2
+            assert item.choices[item.gold] == item.target
+            assert task.chance == pytest.approx(1 / len(item.choices))
+        else:
+            assert task.check(item, item.target), (item.prompt, item.target)
+            assert not task.check(item, item.target + " 1" if "copy" in name else " 99999 )")
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_calibration_items_never_overlap_evaluation_items(name):
+    task = get_task(name)
+    for seed in (0, 1):
+        ev = {i.meta["key"] for i in task.items(150, seed=seed, split="eval")}
+        ca = {i.meta["key"] for i in task.items(60, seed=seed, split="calib")}
+        assert ev and ca and not ev & ca
+    # Explicitly: no calibration prompt contains an evaluation question as its final query either.
+    def query(item):  # the last prompt line that holds the question
+        return [line for line in item.prompt.splitlines() if line != "Output:"][-1]
+    calib_queries = {query(i) for i in task.items(60, seed=7, split="calib")}
+    eval_queries = {query(i) for i in task.items(150, seed=0, split="eval")}
+    assert not calib_queries & eval_queries
+
+
+def test_shots_come_from_the_items_own_partition():
+    task = get_task("arith_add_1d_gen")
+    for item in task.items(40, seed=0, split="calib"):
+        for line in item.prompt.splitlines()[:-1]:
+            assert partition_of("arith_add_1d", line.split(" =")[0]) == "calib"
+
+
+def test_arithmetic_answers_and_distractors():
+    for item in get_task("arith_sub_3d_mc").items(50):
+        a, b = map(int, item.meta["expression"].split(" - "))
+        assert a >= b and int(item.target) == a - b
+    for item in get_task("arith_mixed_gen").items(50):
+        assert item.gold == eval(item.meta["expression"]) >= 0
+    rng = random.Random(0)
+    d = arithmetic.distractors(47, rng, a=28, b=19)
+    assert len(set(d)) == 3 and 47 not in d and all(x >= 0 for x in d)
+    assert 37 in arithmetic.distractors(47, random.Random(1), a=28, b=19, k=10)  # the dropped carry
+    assert arithmetic.first_int(" 1,024 apples") == 1024 and arithmetic.first_int(" no") is None
+
+
+def test_first_digit_probe_is_ten_way_with_chance_tenth():
+    task = get_task("arith_mixed_first_digit")
+    assert task.kind == "multiple_choice" and task.chance == 0.1
+    for item in task.items(20):
+        assert item.choices == [f" {d}" for d in range(10)]
+        assert item.gold == int(str(item.meta["value"])[0])
+
+
+def test_brackets_helpers():
+    seq = "( [ { } <".split()
+    assert brackets.closing(seq) == [">", "]", ")"]
+    assert brackets.is_balanced("( [ ] ) < >".split()) and not brackets.is_balanced("( ] [ )".split())
+    for item in get_task("brackets_gen").items(50):
+        query = item.prompt.rsplit("\n", 1)[-1][:-2].split()
+        assert brackets.is_balanced(query + item.gold.split())
+        assert set(query) <= {"(", ")"} and len(item.gold.split()) <= 3
+    balanced = [i.gold == 0 for i in get_task("brackets_balanced_mc").items(200)]
+    assert 60 < sum(balanced) < 140
+    for item in get_task("brackets_balanced_mc").items(50):
+        query = item.prompt.rsplit("\n", 1)[-1].replace(" balanced:", "").split()
+        assert brackets.is_balanced(query) == (item.gold == 0)
+
+
+def test_gsm8k_extraction():
+    assert gsm8k.strict_answer("so 3 + 4 = 7\n#### 7") == "7"
+    assert gsm8k.strict_answer("The answer is 7.") is None
+    assert gsm8k.flexible_answer("It costs $1,200.50 then 18.") == "18"
+    assert gsm8k.flexible_answer("We get $1,200.") == "1200"
+    assert gsm8k.flexible_answer("no number") is None
+    assert gsm8k.gold_number("He pays 3*4=<<3*4=12>>12 dollars.\n#### 12") == "12"
+    assert gsm8k.normalise_number("18.00") == "18" and gsm8k.normalise_number("0.5") == "0.5"
+    assert gsm8k.clean_solution("3*4=<<3*4=12>>12") == "3*4=12"
+
+
+def test_gsm8k_items_from_data_folder(gsm8k_dir):
+    task = get_task("gsm8k", data=gsm8k_dir)
+    items = task.items(5)
+    assert items[0].gold == "18" and items[0].prompt.endswith("Answer:")
+    assert items[0].meta["messages"][-1]["content"] == items[0].meta["question"]
+    calib = task.items(50, seed=0, split="calib")
+    eval_q = {i.meta["question"] for i in task.items(None)}
+    assert not {i.meta["question"] for i in calib} & eval_q
+    assert task.check(items[0], "so she makes 18 dollars") and not task.check(items[0], "#### 17")
+    extra = task.extra_metrics(items[:2], ["#### 18", "the answer is 3"])
+    assert extra["strict_accuracy"]["correct"] == 1
+    mc = get_task("gsm8k_mc", data=gsm8k_dir).items(3)
+    assert all(len(set(i.choices)) == 4 and i.choices[i.gold] == " " + gsm8k.gold_number(r) for i, r in
+               zip(mc, [json.loads(line)["answer"] for line in (gsm8k_dir / "test.jsonl").open()][:3]))
+
+
+def test_gsm8k_single_file_is_split_by_hash(tmp_path):
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(80)]
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("gsm8k", data=path)
+    ev = {i.meta["question"] for i in task.items(None)}
+    ca = {i.meta["question"] for i in task.items(None, split="calib")}
+    assert ev and ca and not ev & ca and len(ev) + len(ca) + gsm8k.SHOTS == 80
+
+
+def test_gsm8k_malformed_file_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
+    with pytest.raises(UsageError, match=r"bad.jsonl line 2"):
+        get_task("gsm8k", data=path).items(1)
+    path.write_text('{"question": "q"}\n')
+    with pytest.raises(UsageError, match=r"line 1: missing key\(s\) 'answer'"):
+        get_task("gsm8k", data=path).items(1)
+
+
+def test_gsm8k_offline_without_data_says_how_to_pass_it(monkeypatch):
+    monkeypatch.delenv(gsm8k.ENV_VAR, raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gsm8k.load_rows.cache_clear()
+    with pytest.raises(UsageError, match="--data"):
+        get_task("gsm8k").items(1)
+
+
+def test_user_yaml_tasks(tmp_path):
+    rows = [{"country": c, "options": ["Paris", "Rome", "Berlin"], "answer": a}
+            for c, a in [("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin")] * 10]
+    for i, r in enumerate(rows):
+        r["country"] += f" {i}"
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "caps.yaml").write_text(
+        "name: capitals\nkind: multiple_choice\ndata: caps.jsonl\nprompt: 'Capital of {country}?'\n"
+        "choices: options\ngold: answer\nfewshot: 2\n")
+    task = get_task(str(tmp_path / "caps.yaml"))
+    assert task.kind == "multiple_choice" and task.chance == pytest.approx(1 / 3)
+    ev, ca = task.items(None), task.items(None, split="calib")
+    assert len(ev) + len(ca) == 28 and not {i.prompt for i in ev} & {i.prompt for i in ca}
+    assert ev[0].prompt.startswith("Capital of France 0? Paris\n\n")
+    assert ev[0].choices[ev[0].gold] == " " + rows[int(ev[0].prompt.rsplit(" ", 1)[-1][:-1])]["answer"]
+
+    (tmp_path / "gen.yaml").write_text("name: g\nkind: generate\ndata: caps.jsonl\nprompt: '{country}:'\n"
+                                       "answer: answer\nmatch: contains\n")
+    gen = get_task(str(tmp_path / "gen.yaml"))
+    item = gen.items(1)[0]
+    assert gen.check(item, f" it is {item.gold}!") and not gen.check(item, " Madrid")
+
+    (tmp_path / "bad.yaml").write_text("name: b\nkind: multiple_choice\ndata: caps.jsonl\nprompt: '{nope}'\n"
+                                       "choices: options\ngold: answer\n")
+    with pytest.raises(UsageError, match="nope"):
+        get_task(str(tmp_path / "bad.yaml"))
+    with pytest.raises(UsageError, match="task file not found"):
+        get_task(str(tmp_path / "missing.yaml"))
+
+
+def test_lmeval_bridge_maps_results(monkeypatch):
+    import sys
+    import types
+
+    from prunescope.tasks.lmeval import map_results
+
+    calls = {}
+
+    class FakeHFLM:
+        def __init__(self, pretrained, tokenizer, batch_size):
+            calls["hflm"] = (pretrained, tokenizer, batch_size)
+
+    def simple_evaluate(model, tasks, limit, **kw):
+        calls["tasks"], calls["limit"] = tasks, limit
+        return {"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.05, "acc_norm,none": 0.62}},
+                "n-samples": {"piqa": {"original": 1838, "effective": 10}},
+                "configs": {"piqa": {"output_type": "multiple_choice"}},
+                "samples": {"piqa": [{"doc_id": i, "target": 0, "acc": float(i < 6), "arguments": [1, 2],
+                                      "filtered_resps": []} for i in range(10)]}}
+
+    fake = types.ModuleType("lm_eval")
+    fake.simple_evaluate = simple_evaluate
+    models = types.ModuleType("lm_eval.models")
+    hf = types.ModuleType("lm_eval.models.huggingface")
+    hf.HFLM = FakeHFLM
+    monkeypatch.setitem(sys.modules, "lm_eval", fake)
+    monkeypatch.setitem(sys.modules, "lm_eval.models", models)
+    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", hf)
+
+    task = get_task("lmeval:piqa")
+    metrics, samples = task.evaluate_fn("MODEL", "TOK", limit=10, seed=0, batch_size=8)
+    assert calls == {"hflm": ("MODEL", "TOK", 8), "tasks": ["piqa"], "limit": 10}
+    assert metrics["accuracy"] == 0.6 and metrics["n"] == 10 and metrics["correct"] == 6
+    assert metrics["chance"] == 0.5 and metrics["kind"] == "multiple_choice"
+    assert metrics["lmeval"]["acc_norm,none"] == 0.62 and len(samples) == 10
+    with pytest.raises(UsageError, match="no results"):
+        map_results("arc_easy", {"results": {}})
