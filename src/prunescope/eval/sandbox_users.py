@@ -109,18 +109,21 @@ def kill_once(uid: int) -> None:
         raise RuntimeError(f"could not switch to sandbox user {uid} to clean up")
 
 
-def kill_all_of(uid: int, attempts: int = 40) -> list[int]:
+def kill_all_of(uid: int, deadline_s: float = 15.0) -> list[int]:
     """Kill every process of ``uid`` and wait until none is left (zombies count: they hold
-    RLIMIT_NPROC slots until reaped). Returns the pids left after all attempts (normally none)."""
+    RLIMIT_NPROC slots until the init process reaps them, which can lag on a busy machine).
+    Returns the pids left when the deadline passes (normally none)."""
     kill_once(uid)
-    for attempt in range(attempts):
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
         left = processes_of(uid)
-        if not left:
-            return []
+        if not left or time.monotonic() > deadline:
+            return left
         if any(not _is_zombie(pid) for pid in left):
             kill_once(uid)
-        time.sleep(min(0.002 * (attempt + 1), 0.05))
-    return processes_of(uid)
+        attempt += 1
+        time.sleep(min(0.002 * attempt, 0.05))
 
 
 def kill_group(pgid: int) -> None:
