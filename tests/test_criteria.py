@@ -208,7 +208,7 @@ def test_calibration_sources(tmp_path, llama, tokenizer):
         load_calibration_texts(str(bad))
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(UsageError, match=r"line 1.*\"text\""):
+    with pytest.raises(UsageError, match=r"line 1.*'text'"):
         load_calibration_texts(str(wrong))
     with pytest.raises(UsageError, match="no such file"):
         load_calibration_texts(str(tmp_path / "missing.jsonl"))

@@ -189,3 +189,22 @@ def test_recovery_plan_selects_cells():
     assert cfg.recovered_cells() == [("block_influence", 0.2)]
     with pytest.raises(UsageError, match="recovery.ratios: 0.3 is not among ratios"):
         StudyConfig(ratios=[0.1], recovery=RecoveryPlan(methods=["lora"], ratios=[0.3]))
+
+
+def test_shipped_configs_name_only_registered_tasks_and_criteria():
+    """Both shipped configs load, and every task, criterion and greedy_task calibration task exists
+    (greedy_task's tasks must have a calibration split, which HumanEval has not)."""
+    from prunescope.criteria import CRITERIA
+    from prunescope.study.config import load_study_config
+    from prunescope.tasks import get_task
+    for name in ("default", "paper"):
+        config = load_study_config(name)
+        for task in config.tasks:
+            if not task.startswith("lmeval:"):
+                get_task(task)
+        for criterion in config.criteria:
+            CRITERIA.get(criterion)
+        for task in (config.scoring or {}).get("tasks", []):
+            assert get_task(task).family != "humaneval", task
+            if task != "gsm8k":  # gsm8k needs its data file; its calib split is the train file
+                assert get_task(task).items(2, split="calib")

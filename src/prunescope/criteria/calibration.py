@@ -6,7 +6,6 @@ passages), a JSONL file with ``{"text": ...}`` per line, a list of strings, or a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,22 +58,13 @@ def load_calibration_texts(calib=None, *, max_tokens: int | None = None) -> list
 
 def read_jsonl_texts(path: Path) -> list[str]:
     """Texts of a JSONL file with ``{"text": ...}`` per line; a bad line is a UsageError naming it."""
-    if not path.is_file():
-        raise UsageError(f"--calib {path}: no such file; pass a JSONL file with one {{\"text\": ...}} per line")
-    texts = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"--calib {path} line {lineno}: not valid JSON ({e.msg}); "
-                                 f"each line must be {{\"text\": \"...\"}}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UsageError(f"--calib {path} line {lineno}: expected an object with a string \"text\" field")
-            if row["text"].strip():
-                texts.append(row["text"])
+    from prunescope.tasks.data import read_jsonl
+
+    rows = read_jsonl(path, required=("text",), flag="--calib")
+    for lineno, row in enumerate(rows, 1):
+        if not isinstance(row["text"], str):
+            raise UsageError(f"--calib {path} row {lineno}: \"text\" must be a string")
+    texts = [row["text"] for row in rows if row["text"].strip()]
     if not texts:
         raise UsageError(f"--calib {path} has no texts; each line must be {{\"text\": \"...\"}}")
     return texts

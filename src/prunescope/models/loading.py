@@ -140,7 +140,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "auto", 
     Returns ``(model, tokenizer)`` with the model in eval mode and a pad token set.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # transformers' per-tensor loading bars would bury prunescope's own progress and one-line errors.
+    hf_logging.disable_progress_bar()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(spec)

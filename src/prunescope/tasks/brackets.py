@@ -1,7 +1,8 @@
 """Bracket probes: emitting balanced brackets is the other skill that pruning breaks (it is what turns
 pruned models' code into ``'(' was never closed``).
 
-* ``brackets_gen`` — one bracket type, depth <= 3: ``( ( ) (`` -> ``) )``, exact match.
+* ``brackets_gen`` / ``brackets_mc`` — one bracket type, depth <= 3: ``( ( ) (`` -> ``) )``, exact match;
+  or pick it among four closings of the wrong length (same questions as ``brackets_gen``).
 * ``brackets4_gen`` / ``brackets4_mc`` — the four types ``() [] {} <>``, depth <= 4: write the closing
   sequence, or pick it among four (distractors: one bracket of the wrong type, the right brackets in the
   wrong order, one bracket missing, one too many).
@@ -105,22 +106,32 @@ def _wrong_closings(right: list[str], rng: random.Random) -> list[str]:
     return picked
 
 
-def _brackets4_mc() -> Task:
-    name, family = "brackets4_mc", "brackets4"
+def _wrong_lengths(right: list[str], rng: random.Random) -> list[str]:
+    """Three wrong closings for a single bracket type: too few or too many closing brackets."""
+    close = right[0]
+    options = [n for n in range(max(1, len(right) - 2), len(right) + 3) if n != len(right)]
+    rng.shuffle(options)
+    return [" ".join([close] * n) for n in options[:3]]
+
+
+def _closing_mc(name: str, family: str, types: str, depth: int, description: str) -> Task:
+    """Pick the closing sequence among four; the questions are the same as ``<family>_gen``'s, so
+    recognition and generation of one skill are measured on matched items."""
+    wrong = _wrong_closings if len(types) > 1 else _wrong_lengths
 
     def draw(rng):
-        return tuple(draw_open_prefix(rng, types="([{<", max_depth=4))
+        return tuple(draw_open_prefix(rng, types=types, max_depth=depth))
 
     def make(n, seed, split):
         def build(q, shots, rng, i):
             right = closing(q)
             prompt = "".join(_shot_line(s) for s in shots) + f"{' '.join(q)} ="
             return mc_item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold_text=" ".join(right),
-                           distractors=_wrong_closings(right, rng), rng=rng)
+                           distractors=wrong(right, rng), rng=rng)
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=" ".join, build=build,
                                shots=SHOTS)
     return Task(name=name, kind="multiple_choice", chance=0.25, make_items=make, family=family,
-                description="four bracket types, depth <= 4: pick the closing sequence among 4")
+                description=description)
 
 
 def _unbalance(seq: list[str], rng: random.Random) -> list[str]:
@@ -164,5 +175,8 @@ def _brackets_balanced_mc() -> Task:
 
 register_task("brackets_gen")(lambda: _gen("brackets_gen", "(", 3, "one bracket type, depth <= 3: write the closing brackets"))
 register_task("brackets4_gen")(lambda: _gen("brackets4_gen", "([{<", 4, "four bracket types, depth <= 4: write the closing brackets"))
-register_task("brackets4_mc")(_brackets4_mc)
+register_task("brackets_mc")(lambda: _closing_mc("brackets_mc", "brackets", "(", 3,
+                                                  "one bracket type, depth <= 3: pick the closing brackets among 4"))
+register_task("brackets4_mc")(lambda: _closing_mc("brackets4_mc", "brackets4", "([{<", 4,
+                                                  "four bracket types, depth <= 4: pick the closing sequence among 4"))
 register_task("brackets_balanced_mc")(_brackets_balanced_mc)

@@ -14,7 +14,7 @@ def read_jsonl(path: str | Path, *, required: tuple[str, ...] = (), flag: str = 
     UsageError naming the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{flag} {path}: file not found")
+        raise UsageError(f"{flag} {path}: no such file; check the path (JSONL, one object per line)")
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
