@@ -24,6 +24,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _umask_mode(0o666))  # mkstemp makes owner-only files; artifacts are for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -69,6 +70,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, flag: str = "
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(tmp, _umask_mode(0o777))
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,6 +83,13 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, flag: str = "
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _umask_mode(mode: int) -> int:
+    """``mode`` as a plain ``open``/``mkdir`` would create it under the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
 
 
 def _json_default(obj: Any):
