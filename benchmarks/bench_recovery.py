@@ -1,8 +1,9 @@
 """Recovery on the default model: what LoRA on self-generated responses buys back, and how fast it trains.
 
-1. SmolLM2-135M-Instruct, pruned by dropping blocks (default 25,26: its two lowest block-influence layers).
-2. The targeted generative probe (arith_add_1d_gen) and a classification probe (arith_add_2d_mc),
-   for the base, the pruned and the recovered model.
+1. SmolLM2-135M-Instruct, pruned by its six lowest block-influence layers (20% of 30; or --layers).
+2. The targeted generative probe (arith_add_1d_gen), the same questions as multiple choice
+   (arith_add_1d_mc) and a harder classification probe (arith_add_2d_mc), for the base, the pruned
+   and the recovered model.
 3. Recovery: LoRA, completion-only SFT on the unpruned teacher's correct greedy answers to the
    probe's calibration prompts (disjoint from the evaluation items).
 4. Training throughput against a plain Hugging Face ``Trainer`` doing the same work (same tokenized
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from prunescope.criteria import score_layers
 from prunescope.eval import evaluate
 from prunescope.models import load_model
 from prunescope.pruning import drop_layers
@@ -34,7 +36,7 @@ from prunescope.recovery.data import load_prompts
 from prunescope.recovery.loop import collate, example_order, train
 from prunescope.recovery.methods import prepare
 
-PROBES = ["arith_add_1d_gen", "arith_add_2d_mc"]
+PROBES = ["arith_add_1d_gen", "arith_add_1d_mc", "arith_add_2d_mc"]
 
 
 def probe(model, tok, limit: int) -> dict[str, float]:
@@ -81,21 +83,26 @@ def hf_trainer(model, tok, examples, cfg, out: Path) -> tuple[float, list[float]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", default="25,26", help="blocks to drop (0-based)")
+    ap.add_argument("--layers", default=None, help="blocks to drop (0-based, comma-separated); default: "
+                    "the --num-layers lowest block-influence layers")
+    ap.add_argument("--num-layers", type=int, default=6)
     ap.add_argument("--limit", type=int, default=100, help="evaluation items per probe")
-    ap.add_argument("--num-prompts", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--num-prompts", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--compare-steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-base", action="store_true", help="skip evaluating the unpruned model")
     args = ap.parse_args(argv)
-    layers = [int(x) for x in args.layers.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_recovery."))
     t0 = time.perf_counter()
 
     teacher, tok = load_model("smollm2-135m", device="cpu")
+    if args.layers:
+        layers = [int(x) for x in args.layers.split(",")]
+    else:
+        layers = sorted(score_layers(teacher, tok, "block_influence", progress=False)["order"][:args.num_layers])
     pruned = copy.deepcopy(teacher)
     drop_layers(pruned, layers=layers)
     student = copy.deepcopy(pruned)
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
 
     cfg = RecoverConfig(method="lora", data="self", prompts="arith_add_1d_gen", num_prompts=args.num_prompts,
                         filter_correct=True, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        lora_r=8, lora_alpha=16, save_every=0, max_seq_len=128, gen_batch_size=32)
+                        lora_r=8, lora_alpha=16, save_every=0, max_seq_len=384, gen_batch_size=32)
     start = time.perf_counter()
     summary = recover(student, tok, teacher=teacher, config=cfg, out=work / "recovered")
     t_recover = time.perf_counter() - start
