@@ -226,3 +226,38 @@ def test_lmeval_bridge_maps_results(monkeypatch):
     assert metrics["lmeval"]["acc_norm,none"] == 0.62 and len(samples) == 10
     with pytest.raises(UsageError, match="no results"):
         map_results("arc_easy", {"results": {}})
+
+
+def test_lmeval_local_task_file_runs_on_the_in_memory_model(tmp_path, monkeypatch):
+    """A real lm-eval run, offline: a local task file reading a local JSONL, on a tiny model."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from prunescope.eval import evaluate
+    from common import make_tiny_model, make_tokenizer
+
+    rows = [{"question": f"{a} + {b} =", "choices": [str(a + b), str(a + b + 1), "x", "y"], "label": 0}
+            for a in range(4) for b in range(3)]
+    (tmp_path / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task_file = tmp_path / "toy_add.yaml"
+    task_file.write_text(f"task: toy_add\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                         f"    test: {tmp_path / 'toy.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+                         "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
+                         "metric_list:\n  - metric: acc\n")
+    metrics = evaluate(make_tiny_model(), make_tokenizer(), [f"lmeval:{task_file}"], limit=8, progress=False,
+                       out=tmp_path / "metrics.json")
+    result = metrics["tasks"][f"lmeval:{task_file}"]
+    assert result["n"] == 8 and result["chance"] == 0.25 and result["kind"] == "multiple_choice"
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["metric"] == "lmeval acc,none"
+    assert result["correct"] == round(result["accuracy"] * 8)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and {s["task"] for s in samples} == {f"lmeval:{task_file}"}
+    assert sum(bool(s["correct"]) for s in samples) == result["correct"]
+
+
+def test_lmeval_local_task_file_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such lm-eval task file"):
+        get_task(f"lmeval:{tmp_path / 'missing.yaml'}")
+    (tmp_path / "bad.yaml").write_text("dataset_path: json\n")
+    with pytest.raises(UsageError, match="task: <name>"):
+        get_task(f"lmeval:{tmp_path / 'bad.yaml'}")

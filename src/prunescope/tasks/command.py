@@ -25,5 +25,6 @@ def run(config: Config) -> int:
     print(f"{'task':<{widths[0]}}  {'kind':<{widths[1]}}  {'chance':>{widths[2]}}  description")
     for name, kind, chance, desc in rows:
         print(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {chance:>{widths[2]}}  {desc}")
-    print("\nAlso: lmeval:<task> (any lm-evaluation-harness task, optional extra) and path/to/task.yaml (user tasks).")
+    print("\nAlso: lmeval:<task> (any lm-evaluation-harness task, optional extra), lmeval:path/to/task.yaml (a local "
+          "lm-eval task file) and path/to/task.yaml (user tasks).")
     return 0

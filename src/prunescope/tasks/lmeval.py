@@ -5,9 +5,12 @@ The model (base, pruned or recovered, never reloaded from disk) is wrapped in lm
 result is mapped into prunescope's metrics shape (accuracy with a Wilson interval, chance level), so
 MMLU, ARC, HellaSwag, PIQA, WinoGrande… sit in the same table as the built-in probes. Needs the
 optional extra ``pip install prunescope[lmeval]`` and, for most tasks, access to the dataset hub.
+``lmeval:path/to/task.yaml`` runs a local lm-eval task file instead (its folder is added to lm-eval's
+task search path), e.g. one whose ``dataset_path: json`` reads a local file, which needs no hub.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
@@ -38,8 +41,10 @@ def _headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
     return next(iter(numeric.items()), None)
 
 
-def map_results(task_name: str, results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """prunescope's (metrics, samples) from an ``lm_eval.simple_evaluate`` result for ``task_name``."""
+def map_results(task_name: str, results: dict[str, Any], *, label: str | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """prunescope's (metrics, samples) from an ``lm_eval.simple_evaluate`` result for ``task_name``;
+    samples are tagged ``label`` (default ``lmeval:<task_name>``)."""
     table = results.get("results", {}).get(task_name) or results.get("groups", {}).get(task_name)
     if table is None:
         raise UsageError(f"lm-eval returned no results for {task_name!r}")
@@ -59,7 +64,7 @@ def map_results(task_name: str, results: dict[str, Any]) -> tuple[dict[str, Any]
             args = row.get("arguments") or []
             if output_type == "multiple_choice" and args:
                 inverse_choices.append(1.0 / len(args))
-            samples.append({"task": f"{PREFIX}{task_name}", "subtask": sub, "id": row.get("doc_id"),
+            samples.append({"task": label or f"{PREFIX}{task_name}", "subtask": sub, "id": row.get("doc_id"),
                             "target": row.get("target"), "correct": row.get(metric.split(",")[0]),
                             "response": row.get("filtered_resps")})
     chance = sum(inverse_choices) / len(inverse_choices) if inverse_choices else 0.0
@@ -70,21 +75,48 @@ def map_results(task_name: str, results: dict[str, Any]) -> tuple[dict[str, Any]
     return metrics, samples
 
 
+def local_task_file(spec: str) -> tuple[str, Path] | None:
+    """(task name, folder) of a local lm-eval task YAML ``spec``; None when ``spec`` is a task name."""
+    if not spec.endswith((".yaml", ".yml")):
+        return None
+    import yaml
+
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"--tasks {PREFIX}{spec}: no such lm-eval task file; check the path")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UsageError(f"--tasks {PREFIX}{spec}: not valid YAML ({str(e).splitlines()[0]})") from None
+    name = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(name, str):
+        raise UsageError(f"--tasks {PREFIX}{spec}: an lm-eval task file needs a 'task: <name>' line")
+    return name, path.resolve().parent
+
+
 def lmeval_task(task_name: str) -> Task:
-    """A Task that runs lm-eval's ``task_name`` (kind and chance come from lm-eval at run time)."""
+    """A Task that runs lm-eval's ``task_name``, or the local lm-eval task file it names (kind and
+    chance come from lm-eval at run time)."""
     if not task_name:
         raise UsageError("--tasks lmeval: needs a task name, e.g. lmeval:hellaswag")
+    local = local_task_file(task_name)
+    lm_name = local[0] if local else task_name
 
     def run(model, tokenizer, *, limit=None, seed=0, batch_size="auto"):
         lm_eval, HFLM = _import_lm_eval()
         bs = batch_size if isinstance(batch_size, int) else 16
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs)
-        results = lm_eval.simple_evaluate(model=lm, tasks=[task_name], limit=limit, random_seed=seed,
+        extra = {}
+        if local:
+            from lm_eval.tasks import TaskManager
+
+            extra["task_manager"] = TaskManager(include_path=str(local[1]))
+        results = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], limit=limit, random_seed=seed,
                                           numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                          log_samples=True)
+                                          log_samples=True, **extra)
         if results is None:
-            raise UsageError(f"lm-eval produced no results for {task_name!r}")
-        return map_results(task_name, results)
+            raise UsageError(f"lm-eval produced no results for {lm_name!r}")
+        return map_results(lm_name, results, label=f"{PREFIX}{task_name}")
 
     def no_items(n, seed, split):
         raise UsageError(f"{PREFIX}{task_name} is run by lm-eval and has no items of its own; use a built-in task")
