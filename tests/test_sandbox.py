@@ -202,6 +202,35 @@ def test_os_level_containment_without_the_guard(sacrificial_dir, listening_socke
     assert_no_sandbox_processes()  # the fork bomb and the lingering child are gone
 
 
+def test_landlock_contains_an_unguarded_program_under_the_evaluators_own_user(
+        sacrificial_dir, listening_socket, monkeypatch):
+    """Without root's separate user ids (as for most users) and with Python's guard off, Landlock
+    alone keeps writes inside the working directory and refuses TCP and signals to the outside."""
+    abi = sandbox.landlock_abi()
+    if abi < 6:
+        pytest.skip(f"needs Landlock ABI 6 (this kernel: {abi})")
+    monkeypatch.setattr(sandbox, "_isolation_mode", lambda: "process")
+    port, connections = listening_socket
+    precious = os.path.join(sacrificial_dir, "precious.txt")
+    programs = {
+        "rmtree outside": f"import shutil\nshutil.rmtree({sacrificial_dir!r})\n",
+        "overwrite outside": f"open({precious!r}, 'w').write('gone')\n",
+        "create outside": f"open({os.path.join(sacrificial_dir, 'new.txt')!r}, 'x')\n",
+        "rename outside": f"import os\nos.rename({precious!r}, {precious + '.moved'!r})\n",
+        "kill parent": "import os\nos.kill(os.getppid(), 9)\n",
+        "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n",
+        "work inside": ("import os\nos.mkdir('d')\nopen('d/f', 'w').write('x')\nos.rename('d/f', 'g')\n"
+                        "os.remove('g')\nos.rmdir('d')\nopen(os.devnull, 'w').write('x')\n"),
+    }
+    results = run_programs(list(programs.values()), guard=False, **FAST)
+    statuses = {name: (r.status, r.reason) for name, r in zip(programs, results)}
+    assert statuses.pop("work inside")[0] == "passed"
+    assert all(status == "other" for status, _ in statuses.values()), statuses
+    assert "Permission" in statuses["rmtree outside"][1]
+    assert open(precious).read() == "keep me" and sorted(os.listdir(sacrificial_dir)) == ["precious.txt"]
+    assert not connections
+
+
 def test_bad_limits():
     with pytest.raises(ValueError):
         run_programs(["pass"], timeout=0)

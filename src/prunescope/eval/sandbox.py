@@ -10,7 +10,12 @@ Each program runs in its own ``python -I -S`` process (standard library only) wi
 - when the evaluator runs as root: an unprivileged user id of its own (it can write only its
   directory, cannot signal anything else, and everything it leaves running is killed by user id),
   ``no_new_privs``, and the standard library bind-mounted read-only when it is not world-readable;
+- where the kernel has Landlock (no privileges needed): writing, creating or removing files only
+  beneath its working directory, no TCP, no signals to processes outside the sandbox;
 - a guard that disables process creation, signals, file deletion/renaming/chmod and ctypes.
+
+Not root and no Landlock: a program could still write wherever the evaluator's user can (the guard
+stops the common ways); a warning says so once.
 
 A program passes only when it runs to its end: the worker prints a random token after the last
 statement, so ``os._exit(0)``, ``sys.exit(0)`` or being killed before the asserts ran all fail.
@@ -209,10 +214,25 @@ def _remove(run_dir: str, work: str | None, stdlib_mount: str | None) -> None:
 
 
 @lru_cache(maxsize=1)
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none), which the worker uses to confine file writes."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return max(0, libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
+
+
+@lru_cache(maxsize=1)
 def _isolation_mode() -> str:
     """``user`` when root and a probe program runs fine under a separate user id; else ``process``:
     limits, namespaces where allowed and the guard, under the evaluator's own user."""
     if os.geteuid() != 0 or not hasattr(os, "setresuid"):
+        if not landlock_abi():
+            log.warning("sandbox: not running as root and this kernel has no Landlock, so model-written "
+                        "programs run as your user with limits and a Python guard only; run evaluations "
+                        "that execute code in a container or as root for full isolation")
         return "process"
     probe = "import hashlib, fractions, decimal\nassert hashlib.md5(b'').hexdigest()\n"
     result = _run_in_base([probe], dict(timeout=20.0, memory_mb=1024, max_processes=8, max_file_mb=1, guard=True),

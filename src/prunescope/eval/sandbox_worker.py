@@ -3,7 +3,8 @@
 Started by ``prunescope.eval.sandbox`` as ``python -I -S -B sandbox_worker.py CONFIG_JSON`` in the
 program's working directory, which holds ``program.py``; the first line of stdin is a random
 completion token. The worker, in this order: moves into fresh network (and, when needed, mount)
-namespaces, sets resource limits, drops to an unprivileged user of its own, installs a guard that
+namespaces, sets resource limits, confines file writes to its directory with Landlock where the
+kernel has it, drops to an unprivileged user of its own, installs a guard that
 disables process, signal, file-deletion and socket functions, and executes the program. The token is
 written to stdout only when the program ran to its end, so ``os._exit(0)``, ``sys.exit(0)`` or a
 killed process never count as passed.
@@ -23,6 +24,15 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+# Landlock (Linux 5.13+; the same syscall numbers on every architecture) and its access rights.
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+FS_WRITE_FILE, FS_REMOVE_DIR, FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
+FS_MAKE_ANY = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
+FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14              # ABI 2, ABI 3
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1        # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 # os/posix functions a test program never needs and a hostile one could use to escape or do harm.
 BLOCKED_OS = (
@@ -98,6 +108,49 @@ def _limit(cfg):
     set_limit(resource.RLIMIT_AS, cfg["memory_mb"] << 20)
 
 
+def _confine_with_landlock(ctypes, libc):
+    """Where the kernel has Landlock: files may be written, created or removed only beneath the
+    working directory (and /dev/null written), TCP bind/connect is refused (ABI 4+) and so are signals
+    and abstract sockets reaching outside the sandbox (ABI 6+). Needs no privileges, so it also
+    protects the user's files when the evaluator does not run as root. Returns the ABI (0: none)."""
+    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    if abi < 1:
+        return 0
+    fs = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_ANY
+    fs |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    attr = RulesetAttr(fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+                       SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24  # older kernels reject fields they do not know
+    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return 0  # compiled in but disabled at boot
+    try:
+        dev_null = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+        for path, allowed in ((os.getcwd(), fs), (os.devnull, dev_null)):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = PathBeneath(allowed, fd)
+                if libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0):
+                    raise OSError(ctypes.get_errno(), f"landlock: cannot allow writes beneath {path}")
+            finally:
+                os.close(fd)
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0):
+            raise OSError(ctypes.get_errno(), "landlock: cannot restrict the sandbox process")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
 def _drop_privileges(libc, cfg):
     uid = cfg.get("uid")
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binaries can give privileges back
@@ -163,6 +216,8 @@ def main():
     with open("program.py", encoding="utf-8", errors="replace") as f:
         source = f.read()
     _limit(cfg)
+    if cfg.get("landlock", True):
+        _confine_with_landlock(ctypes, libc)
     _drop_privileges(libc, cfg)
     del ctypes, libc
     if cfg.get("guard", True):
