@@ -261,3 +261,30 @@ def test_lmeval_local_task_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("dataset_path: json\n")
     with pytest.raises(UsageError, match="task: <name>"):
         get_task(f"lmeval:{tmp_path / 'bad.yaml'}")
+
+
+def test_hub_dataset_without_network_fails_at_once_in_one_line(monkeypatch):
+    """No DNS: no retries with back-off, one UsageError saying how to pass a local file, and the hub
+    client's offline flags restored afterwards."""
+    pytest.importorskip("datasets")
+    import socket
+    import time
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    from prunescope.tasks.data import load_hub
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as for a user with network
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    before = (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match=r"no network.*--data FILE\.jsonl") as err:
+        load_hub("no-such-org/no-such-dataset", None, "test", how_to_fix="pass --data FILE.jsonl")
+    assert time.perf_counter() - start < 10 and "\n" not in str(err.value)
+    assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before

@@ -77,20 +77,24 @@ def _hub_texts(spec: str, max_tokens: int) -> list[str]:
         import datasets
     except ImportError:
         raise UsageError(f"--calib {spec}: reading hub datasets needs `pip install datasets`; or {hint}") from None
+    from prunescope.tasks.data import hub_access, hub_failure_reason
+
     name, _, config = spec.partition(":")
+    access = None
     try:
-        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        texts, chars = [], 0
-        for row in ds:
-            text = next((v for v in row.values() if isinstance(v, str)), None)
-            if text and text.strip():
-                texts.append(text)
-                chars += len(text)
-            if chars >= max_tokens * 4:  # ~4 characters per token; exact counting happens when batching
-                break
+        with hub_access() as access:
+            ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+            texts, chars = [], 0
+            for row in ds:
+                text = next((v for v in row.values() if isinstance(v, str)), None)
+                if text and text.strip():
+                    texts.append(text)
+                    chars += len(text)
+                if chars >= max_tokens * 4:  # ~4 characters per token; exact counting happens when batching
+                    break
     except Exception as e:  # offline, unknown id, gated: datasets raises many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"--calib {spec}: cannot read this hub dataset ({first}); {hint}") from None
+        raise UsageError(f"--calib {spec}: cannot read this hub dataset ({hub_failure_reason(e, access)}); "
+                         f"{hint}") from None
     if not texts:
         raise UsageError(f"--calib {spec}: no text rows found; {hint}")
     return texts

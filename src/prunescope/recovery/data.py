@@ -153,11 +153,15 @@ def _hub_prompts(name: str, *, num: int, seed: int) -> list[Prompt]:
         import datasets
     except ImportError:
         raise UsageError(f"--prompts {name}: loading hub datasets needs the datasets package: pip install datasets") from None
+    from prunescope.tasks.data import hub_access, hub_failure_reason
+
+    access = None
     try:
-        ds = datasets.load_dataset(name, split="train")
+        with hub_access() as access:
+            ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
-        raise UsageError(f"--prompts {name}: cannot load this hub dataset ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UsageError(f"--prompts {name}: cannot load this hub dataset ({hub_failure_reason(e, access)}); "
+                         "pass a local JSONL of prompts instead") from None
     if num and num < len(ds):
         ds = ds.shuffle(seed=seed).select(range(num))
     prompts = []
