@@ -109,3 +109,23 @@ def test_default_model_alias_loads_fast():
     model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
     assert time.perf_counter() - start < 3.0
     assert model.config.num_hidden_layers == 30 and tok.chat_template
+
+
+def test_hub_id_without_network_fails_at_once_in_one_line(monkeypatch):
+    """No DNS: no minute of retries with back-off, one UsageError, offline flag restored."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as for a user with network
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match=r"cannot load model 'no-such-org/no-such-model': no network") as err:
+        load_model("no-such-org/no-such-model", device="cpu")
+    assert time.perf_counter() - start < 10 and "\n" not in str(err.value)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False

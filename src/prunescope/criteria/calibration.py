@@ -77,7 +77,7 @@ def _hub_texts(spec: str, max_tokens: int) -> list[str]:
         import datasets
     except ImportError:
         raise UsageError(f"--calib {spec}: reading hub datasets needs `pip install datasets`; or {hint}") from None
-    from prunescope.tasks.data import hub_access, hub_failure_reason
+    from prunescope.hub import hub_access, hub_failure_reason
 
     name, _, config = spec.partition(":")
     access = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from prunescope.errors import UsageError
+from prunescope.hub import hub_access, hub_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "auto", 
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(spec)
     start = time.perf_counter()
+    access = None
     try:
         if gguf:
             model, tokenizer = _from_gguf(Path(source) / gguf, torch_dtype)
@@ -155,11 +157,12 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "auto", 
             kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
             if device_map:
                 kwargs["device_map"] = device_map
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            # A hub id: fail at once, quietly, when there is no network (a local folder needs none).
+            with hub_access() if not Path(source).is_dir() else contextlib.nullcontext() as access:
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load model {spec!r}: {first}") from None
+        raise UsageError(f"cannot load model {spec!r}: {hub_failure_reason(e, access)}") from None
     if not device_map:
         model.to(device)
     model.eval()

@@ -153,7 +153,7 @@ def _hub_prompts(name: str, *, num: int, seed: int) -> list[Prompt]:
         import datasets
     except ImportError:
         raise UsageError(f"--prompts {name}: loading hub datasets needs the datasets package: pip install datasets") from None
-    from prunescope.tasks.data import hub_access, hub_failure_reason
+    from prunescope.hub import hub_access, hub_failure_reason
 
     access = None
     try:
