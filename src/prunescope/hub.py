@@ -51,7 +51,7 @@ def hub_access() -> Iterator[dict[str, Any]]:
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        if not any(offline) and not hub_reachable():
+        if not all(offline) and not hub_reachable():
             state["no_network"] = True
             for m in modules:
                 m.HF_HUB_OFFLINE = True
