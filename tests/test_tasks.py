@@ -288,3 +288,30 @@ def test_hub_dataset_without_network_fails_at_once_in_one_line(monkeypatch):
         load_hub("no-such-org/no-such-dataset", None, "test", how_to_fix="pass --data FILE.jsonl")
     assert time.perf_counter() - start < 10 and "\n" not in str(err.value)
     assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before
+
+
+def test_lmeval_unknown_task_and_unreachable_dataset_are_usage_errors(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants
+    from common import make_tiny_model, make_tokenizer
+
+    model, tok = make_tiny_model(), make_tokenizer()
+    with pytest.raises(UsageError, match="lm-eval has no task of that name"):
+        get_task("lmeval:no_such_lmeval_task").evaluate_fn(model, tok, limit=2, seed=0, batch_size=2)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    task_file = tmp_path / "remote.yaml"
+    task_file.write_text("task: remote_toy\ndataset_path: no-such-org/no-such-dataset\ntest_split: test\n"
+                         "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{c}}'\n"
+                         "doc_to_target: 0\nmetric_list:\n  - metric: acc\n")
+    with pytest.raises(UsageError, match=r"its dataset cannot be loaded \(no network") as err:
+        get_task(f"lmeval:{task_file}").evaluate_fn(model, tok, limit=2, seed=0, batch_size=2)
+    assert "\n" not in str(err.value)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
+from prunescope.hub import hub_access, hub_failure_reason
 from prunescope.tasks.spec import Task
 
 PREFIX = "lmeval:"
@@ -111,9 +112,21 @@ def lmeval_task(task_name: str) -> Task:
             from lm_eval.tasks import TaskManager
 
             extra["task_manager"] = TaskManager(include_path=str(local[1]))
-        results = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], limit=limit, random_seed=seed,
-                                          numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                          log_samples=True, **extra)
+        access = None
+        try:
+            with hub_access() as access:
+                results = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], limit=limit, random_seed=seed,
+                                                  numpy_random_seed=seed, torch_random_seed=seed,
+                                                  fewshot_random_seed=seed, log_samples=True, **extra)
+        except KeyError as e:
+            if "not a registered task" not in str(e):
+                raise
+            raise UsageError(f"{PREFIX}{task_name}: lm-eval has no task of that name; "
+                             "`lm-eval ls tasks` lists them") from None
+        except OSError as e:  # datasets' ConnectionError / DatasetNotFoundError: the task's data is not here
+            raise UsageError(f"{PREFIX}{task_name}: its dataset cannot be loaded ({hub_failure_reason(e, access)}); "
+                             "lm-eval tasks read the hub; use a local lm-eval task file (lmeval:path/to/task.yaml) "
+                             "or a prunescope task") from None
         if results is None:
             raise UsageError(f"lm-eval produced no results for {lm_name!r}")
         return map_results(lm_name, results, label=f"{PREFIX}{task_name}")
