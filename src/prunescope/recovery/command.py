@@ -10,7 +10,7 @@ from prunescope.recovery.config import RecoverConfig
 
 log = logging.getLogger(__name__)
 
-HELP = "recover a pruned model: LoRA / partial / full finetuning on self-generated responses or data, SFT or KD"
+HELP = "Recover a pruned model: LoRA / partial / full finetuning on self-generated responses or data, SFT or KD."
 
 
 @dataclass
