@@ -53,6 +53,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UsageError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}") from None
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file (the caller has checked that it exists), turning a syntax error into a
+    UsageError that names the file and the line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+
+
 def check_out_dir(out: str | os.PathLike, *, overwrite: bool, flag: str = "--out") -> Path:
     """Refuse a non-empty output folder unless ``overwrite`` is set."""
     out = Path(out)

@@ -220,8 +220,9 @@ def landlock_abi() -> int:
         return 0
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    return max(0, libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
+    from prunescope.eval import sandbox_worker  # the same probe the worker runs before confining itself
+
+    return sandbox_worker.landlock_abi(ctypes, ctypes.CDLL(None, use_errno=True))
 
 
 @lru_cache(maxsize=1)

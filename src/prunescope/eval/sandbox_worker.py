@@ -108,14 +108,19 @@ def _limit(cfg):
     set_limit(resource.RLIMIT_AS, cfg["memory_mb"] << 20)
 
 
+def landlock_abi(ctypes, libc) -> int:
+    """The kernel's Landlock ABI version; 0 when it has none or it is disabled."""
+    return max(0, libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                               ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)))
+
+
 def _confine_with_landlock(ctypes, libc):
     """Where the kernel has Landlock: files may be written, created or removed only beneath the
     working directory (and /dev/null written), TCP bind/connect is refused (ABI 4+) and so are signals
     and abstract sockets reaching outside the sandbox (ABI 6+). Needs no privileges, so it also
     protects the user's files when the evaluator does not run as root. Returns the ABI (0: none)."""
-    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
-    if abi < 1:
+    abi = landlock_abi(ctypes, libc)
+    if not abi:
         return 0
     fs = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_ANY
     fs |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)

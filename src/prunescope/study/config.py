@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
+from prunescope.io import read_yaml
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -163,15 +164,8 @@ def resolve_config_path(spec: str | Path) -> Path:
 def load_study_config(spec: str | Path = "default", **overrides: Any) -> StudyConfig:
     """Read a study YAML (path or packaged name), apply non-None ``overrides`` (model, tasks, out, ...),
     and return a validated StudyConfig. Errors name the key and the file."""
-    import yaml
-
     path = resolve_config_path(spec)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: the top level must be a mapping of keys such as model, tasks, criteria, ratios")
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -112,8 +112,8 @@ def code_of_answer(item: Item, answer: str) -> str:
     defines = re.compile(rf"^\s*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
     for block in blocks:
         if defines.search(block):
-            header = prompt[:defines.search(prompt).start()] if defines.search(prompt) else ""
-            return f"{header}{block}"
+            in_prompt = defines.search(prompt)
+            return f"{prompt[:in_prompt.start()] if in_prompt else ''}{block}"
     return f"{prompt}{blocks[0]}"
 
 

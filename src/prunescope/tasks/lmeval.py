@@ -15,6 +15,7 @@ from typing import Any
 
 from prunescope.errors import UsageError
 from prunescope.hub import hub_access, hub_failure_reason
+from prunescope.io import read_yaml
 from prunescope.tasks.spec import Task
 
 PREFIX = "lmeval:"
@@ -80,15 +81,10 @@ def local_task_file(spec: str) -> tuple[str, Path] | None:
     """(task name, folder) of a local lm-eval task YAML ``spec``; None when ``spec`` is a task name."""
     if not spec.endswith((".yaml", ".yml")):
         return None
-    import yaml
-
     path = Path(spec)
     if not path.is_file():
         raise UsageError(f"--tasks {PREFIX}{spec}: no such lm-eval task file; check the path")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"--tasks {PREFIX}{spec}: not valid YAML ({str(e).splitlines()[0]})") from None
+    config = read_yaml(path)
     name = config.get("task") if isinstance(config, dict) else None
     if not isinstance(name, str):
         raise UsageError(f"--tasks {PREFIX}{spec}: an lm-eval task file needs a 'task: <name>' line")

@@ -31,9 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from prunescope.errors import UsageError
+from prunescope.io import read_yaml
 from prunescope.tasks.data import load_hub, read_jsonl
 from prunescope.tasks.sampling import partition_of
 from prunescope.tasks.spec import Item, Task
@@ -67,11 +66,7 @@ def load_user_task(path: str | Path) -> Task:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--tasks {path}: task file not found")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise UsageError(f"{path}{f' line {line + 1}' if line is not None else ''}: not valid YAML") from None
+    spec = read_yaml(path)
     if not isinstance(spec, dict):
         raise UsageError(f"{path}: expected a mapping of task keys")
     unknown = set(spec) - _KEYS
