@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from prunescope.eval import sandbox, sandbox_users
-from prunescope.eval.sandbox import classify_failure, run_program, run_programs
+from prunescope.sandbox import isolation as sandbox_layers
+from prunescope.sandbox import runner as sandbox
+from prunescope.sandbox import users as sandbox_users
+from prunescope.sandbox import classify_failure, run_program, run_programs
 
 FAST = dict(timeout=3.0, workers=4, memory_mb=512, max_processes=8, max_file_mb=4)
 
