@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from prunescope.sandbox import isolation as sandbox_layers
 from prunescope.sandbox import runner as sandbox
 from prunescope.sandbox import users as sandbox_users
 from prunescope.sandbox import classify_failure, run_program, run_programs

@@ -7,7 +7,7 @@ directory, removed afterwards, with a scrubbed environment, and with:
 - limits on address space (``memory_mb``), processes and threads (``max_processes``), file size
   (``max_file_mb``), open files, and, watched while it runs, the total size and number of files in
   its directory (``max_disk_mb``, ``max_files``); no core dumps;
-- the isolation layers the host allows (``prunescope.sandbox.isolation``): a user id of its own,
+- the isolation layers the host allows (``prunescope.sandbox.layers``): a user id of its own,
   a network namespace, Landlock, seccomp; plus an audit hook and a Python guard that disables process
   creation, signals, file deletion/renaming/chmod, sockets and ctypes with a clear error.
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from prunescope.sandbox import isolation as layers
+from prunescope.sandbox import layers
 from prunescope.sandbox import users
 from prunescope.sandbox.capture import read_until_exit
 
@@ -282,10 +282,13 @@ def _probe(disabled: frozenset[str]) -> dict:
     abi = layers.landlock_abi() if "landlock" not in disabled else 0
     seccomp = layers.seccomp_path() if "seccomp" not in disabled else None
     base = {"netns": "netns" not in disabled, "landlock": bool(abi), "seccomp": seccomp, "required": []}
-    want_uid = os.geteuid() == 0 and hasattr(os, "setresuid") and "uid" not in disabled
+    want_uid = layers.can_switch_users() and "uid" not in disabled
     result = None
     for uid in ([True, False] if want_uid else [False]):
-        result = _run_in_base([PROBE], PROBE_OPTIONS, {**base, "uid": uid}, workers=1)[0]
+        try:
+            result = _run_in_base([PROBE], PROBE_OPTIONS, {**base, "uid": uid}, workers=1)[0]
+        except (OSError, RuntimeError) as exc:  # e.g. switching users refused by a security module
+            result = SandboxResult(False, "other", f"could not run: {exc}", "", "", None, 0.0)
         if result.passed:
             break
         log.warning("sandbox: the probe program failed with %s: %s", "a separate user id" if uid else

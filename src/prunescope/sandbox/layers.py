@@ -70,6 +70,19 @@ def seccomp_path() -> str | None:
     return os.path.dirname(spec.origin)
 
 
+def can_switch_users() -> bool:
+    """Root with the capabilities a separate user id needs: CAP_CHOWN (its directory), CAP_KILL
+    (cleaning up), CAP_SETGID and CAP_SETUID."""
+    if os.geteuid() != 0 or not hasattr(os, "setresuid"):
+        return False
+    try:
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return all(effective >> cap & 1 for cap in (0, 5, 6, 7))
+
+
 def describe(applied: dict, missing: list[str]) -> str:
     """One line saying how programs are isolated, e.g. ``separate uid, network namespace (root), ...``."""
     parts = ["separate uid" if applied.get("uid") else "evaluator's uid"]
