@@ -117,7 +117,12 @@ def _isolate_as_root(libc, cfg):
         if libc.mount(stdlib.encode(), mount_target.encode(), None, MS_BIND | MS_REC, None) != 0:
             raise OSError("cannot bind-mount the standard library into the sandbox")
         libc.mount(None, mount_target.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-        sys.path[:] = [mount_target + p[len(stdlib):] if p.startswith(stdlib) else p for p in sys.path]
+        def moved(paths):
+            return [mount_target + p[len(stdlib):] if p.startswith(stdlib) else p for p in paths]
+        sys.path[:] = moved(sys.path)
+        for module in list(sys.modules.values()):  # packages imported at start-up (encodings) look there too
+            if isinstance(getattr(module, "__path__", None), list):
+                module.__path__[:] = moved(module.__path__)
     return bool(cfg.get("netns"))
 
 
