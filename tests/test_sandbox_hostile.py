@@ -201,7 +201,9 @@ def _unprivileged_prefix() -> list[str] | None:
         return None
     for prefix in (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"],
                    ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]):
-        if subprocess.run([*prefix, sys.executable, "-c", "import pytest"], capture_output=True).returncode == 0:
+        check = ("import pytest, subprocess, sys\n"  # the sandbox starts this same interpreter again
+                 "sys.exit(subprocess.run([sys.executable, '-I', '-S', '-c', 'import os']).returncode)")
+        if subprocess.run([*prefix, sys.executable, "-c", check], capture_output=True).returncode == 0:
             return prefix
     return None
 
