@@ -216,7 +216,7 @@ def test_hostile_programs_as_an_unprivileged_user():
     if prefix is None:
         pytest.skip("cannot drop privileges here")
     env = {**os.environ, INNER: "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([*prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+    proc = subprocess.run([*prefix, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", __file__,
                            "-k", "test_hostile_programs and not unprivileged"], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
