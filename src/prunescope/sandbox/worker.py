@@ -370,9 +370,10 @@ def _run(source, nonce, verdict_fd, stack_bytes):
             _flush()
             _report_exception(exc, write)
             exit_now(1)
-        _flush()
-        audit(DONE_EVENT)
-        finished.release()
+        else:  # only reached when exec returned
+            _flush()
+            audit(DONE_EVENT)
+            finished.release()
 
     done, thread_ident = [False], []
     sys.addaudithook(_make_hook(done, target.__code__, thread_ident, os.getcwd, sys._getframe, _thread.get_ident))
