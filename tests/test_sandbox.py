@@ -9,7 +9,6 @@ import socket
 import stat
 import tempfile
 import threading
-import time
 
 import pytest
 

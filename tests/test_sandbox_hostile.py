@@ -124,7 +124,8 @@ def hostile_programs(w: dict) -> dict[str, tuple[str, str]]:
                               "other"),
         "ptrace": (UNGUARD + "for m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m, None)\n"
                    "import _ctypes\n", "other"),
-        "setsid daemon": (UNGUARD + "if posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
+        "setsid daemon": (UNGUARD + "try:\n    child = posix.fork()\nexcept OSError:\n    child = 1  # refused when still root\n"
+                          "if child == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
                           "        import time\n        time.sleep(600)\n    posix._exit(0)\n"
                           "import time\ntime.sleep(0.3)\nassert False\n", "assertion"),
         "/proc/self escapes": (f"import os\nfor path in ('/proc/self/mem', '/dev/fd/../mem', '/proc/self/root{precious}',"

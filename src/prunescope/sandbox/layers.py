@@ -8,7 +8,8 @@ The sandbox stacks four layers, each applied where the host allows it:
 - ``landlock``: files readable only in the Python installation and system libraries, writable only in
   the working directory; TCP and signals out refused (Linux 5.13+, no privileges needed);
 - ``seccomp``: inet/packet sockets, exec, ptrace, mount, unshare and signals outside the process
-  group refused (``pip install pyseccomp`` and libseccomp2; no privileges needed).
+  group refused, and new processes too while the program still runs as root (RLIMIT_NPROC does not
+  bind root) (``pip install pyseccomp`` and libseccomp2; no privileges needed).
 
 A layer the host lacks is skipped, never fatal: ``isolation()`` probes once by running a small
 program with every layer the host might allow, records which ones were applied, and logs one warning

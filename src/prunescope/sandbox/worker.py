@@ -28,7 +28,7 @@ import resource
 import sys
 import traceback
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_THREAD = 0x00020000, 0x10000000, 0x40000000, 0x00010000
 CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
@@ -218,7 +218,8 @@ def _import_seccomp(path):
 def _load_seccomp(seccomp):
     """A system-call filter (inherited by every thread and child): no inet or packet sockets, no
     exec, ptrace or cross-process memory access, no mount/unshare/setns or namespace clones, no
-    signals outside the process group, no io_uring or bpf. Returns whether it was loaded."""
+    signals outside the process group, no io_uring or bpf; still root (no user id of its own), no
+    new processes. Returns whether it was loaded."""
     import errno
     import socket
     deny = seccomp.ERRNO(errno.EPERM)
@@ -236,6 +237,13 @@ def _load_seccomp(seccomp):
     filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # its flags cannot be inspected: libc falls back to clone
     for flag in CLONE_NAMESPACES:
         filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    if os.geteuid() == 0:  # RLIMIT_NPROC does not bind root: no new processes at all (threads still)
+        filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_THREAD, 0))
+        for name in ("fork", "vfork"):
+            try:
+                filt.add_rule(deny, name)
+            except (OSError, ValueError, RuntimeError):
+                pass
     pid = os.getpid()
     filt.add_rule(deny, "kill", seccomp.Arg(0, seccomp.NE, 0))  # only kill(0, sig): its own process group
     for name in ("tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
