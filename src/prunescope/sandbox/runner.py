@@ -310,6 +310,9 @@ def _plan(disabled: frozenset[str]) -> dict:
     elif missing:
         log.warning("sandbox: isolation layers missing on this host: %s. Programs still run, without: %s",
                     ", ".join(missing), "; ".join(layers.PROTECTS[m] for m in missing))
+        if os.geteuid() == 0 and "uid" in missing and "seccomp" in missing:
+            log.warning("sandbox: programs run as root without seccomp, where no process limit binds: "
+                        "a fork bomb is stopped only by the timeout")
     return plan
 
 
