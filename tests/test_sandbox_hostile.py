@@ -161,7 +161,7 @@ def snapshot(path: str) -> dict:
 # nothing can, and the program is left out there (with a warning) rather than passed.
 NEEDS = {"read ~/.ssh and the project": {"uid", "landlock"}, "write outside": {"uid", "landlock"},
          "signal the parent": {"uid", "landlock", "seccomp"}, "TCP": {"netns", "landlock", "seccomp"},
-         "UDP": {"netns", "seccomp"}, "raw socket": {"uid", "netns", "seccomp"},
+         "UDP": {"netns", "seccomp"}, "raw socket": {"uid", "seccomp"},
          "del sys.modules, then exec": {"uid", "landlock", "seccomp"}}
 
 
