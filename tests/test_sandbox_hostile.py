@@ -22,6 +22,13 @@ import pytest
 from prunescope.sandbox import isolation, layers, run_programs, users
 
 ROOT = Path(__file__).resolve().parents[1]
+WAKE = ("import sys, time\ndef wake_all(values):\n    for v in list(values.values()):\n"
+        "        if type(v).__name__ == 'lock':\n            try:\n                v.release()\n"
+        "            except Exception:\n                pass\n"
+        "def wake(frame):\n    while frame is not None:\n        wake_all(frame.f_locals)\n"
+        "        wake_all(frame.f_globals)\n        frame = frame.f_back\n"
+        "class Evil:\n    def _grab(self, *args):\n        wake(sys._getframe(1))\n        return 'evil'\n"
+        "    __format__ = __str__ = __repr__ = __eq__ = __hash__ = __fspath__ = _grab\n")
 INNER = "PRUNESCOPE_HOSTILE_INNER"
 MARKER = b"PRUNESCOPE_SANDBOX_RUN="
 LIMITS = dict(timeout=6.0, workers=4, memory_mb=512, max_processes=8, max_file_mb=4, max_disk_mb=16, max_files=200)
@@ -88,18 +95,16 @@ def hostile_programs(w: dict) -> dict[str, tuple[str, str]]:
                         "other"),
         "early os._exit(0)": ("def f(x):\n    return x\nimport os\nos._exit(0)\nassert f(1) == 2\n", "other"),
         "sys.exit(0) before the tests": ("def f(x):\n    return x\nimport sys\nsys.exit(0)\nassert f(1) == 2\n", "other"),
-        # Run the harness's own thread function again, on a program of its choosing, so that the
-        # done event comes from that function's frame at the bottom of a thread.
-        "replay the harness's thread": ("import sys, _thread, time, types\nsys.audit('prunescope.sandbox.done')\n"
-                                        "bottom = sys._getframe(0)\nwhile bottom.f_back is not None:\n"
-                                        "    bottom = bottom.f_back\ncells = dict(bottom.f_locals)\n"
-                                        "cells['code'] = compile('pass', 'x', 'exec')\ncells['started'].release()\n"
-                                        "fn = types.FunctionType(bottom.f_code, bottom.f_globals, None, None, tuple(\n"
-                                        "    types.CellType(cells[name]) for name in bottom.f_code.co_freevars))\n"
-                                        "_thread.start_new_thread(fn, ())\ntime.sleep(2)\n", "other"),
-        "release the harness lock": ("import sys, time\nframe = sys._getframe(0)\nwhile frame.f_back is not None:\n"
-                                     "    frame = frame.f_back\nframe.f_locals['finished'].release()\ntime.sleep(5)\n",
-                                     "other"),
+        # Release every lock it can reach (its own stack, the harness module, the audit hook's frame
+        # in the traceback of a refused call, code of its own run inside the hook) and wait for the
+        # harness to take that for the end of the program.
+        "wake the harness": (WAKE + "wake(sys._getframe(0))\nwake_all(vars(sys.modules['__main__']))\n"
+                             "try:\n    open('/proc/self/mem')\nexcept PermissionError as exc:\n"
+                             "    tb = exc.__traceback__\n    while tb is not None:\n        wake(tb.tb_frame)\n"
+                             "        tb = tb.tb_next\n"
+                             "for event in ('import', 'open', 'prunescope.sandbox.done'):\n"
+                             "    try:\n        sys.audit(event, Evil())\n    except Exception:\n        pass\n"
+                             "time.sleep(1)\nimport os\nos._exit(0)\n", "other"),
         "fork bomb": (UNGUARD + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n", "timeout"),
         "thread bomb": ("import threading, time\nwhile True:\n"
                         "    threading.Thread(target=time.sleep, args=(100,)).start()\n", "other"),

