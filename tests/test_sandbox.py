@@ -208,3 +208,25 @@ def test_human_eval_namespace_and_recorded_isolation():
     expected = sandbox.isolation()
     for result in results:
         assert bool(result.isolation["uid"]) == expected["uid"] and result.isolation["landlock"] == expected["landlock"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="separate user ids need root")
+def test_two_evaluators_never_share_a_sandbox_user():
+    """Cleaning up a sandbox user kills all its processes, so another evaluator on the same machine
+    must get another one: the claim holds across processes."""
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", "from prunescope.sandbox import users; import sys, time\n"
+                               "print(users.acquire_uid(), flush=True)\ntime.sleep(30)\n"],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")})
+    try:
+        theirs = int(holder.stdout.readline())
+        ours = sandbox_users.acquire_uid()
+        try:
+            assert ours != theirs
+        finally:
+            sandbox_users.release_uid(ours)
+    finally:
+        holder.kill()
+        holder.wait()
