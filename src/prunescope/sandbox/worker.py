@@ -11,13 +11,13 @@ in the Python installation, system libraries and the working directory; writable
 directory; no TCP; no signals out), seccomp (no inet/packet sockets, exec, ptrace, mount, unshare,
 namespaces, and no signals outside its process group), an audit hook, and the Python guard.
 
-The verdict: the program runs in a second thread; the nonce stays in a local of the main thread, which
-the program cannot reach (no Python signal handlers in a non-main thread; the audit hook refuses other
-threads' frames, the garbage collector's object lists, tracing, new audit hooks, ctypes and
-``/proc/<pid>`` files). Only when the program's code returned normally does the program thread raise a
-private audit event from the bottom frame of that same thread, which the hook verifies; then the main
-thread writes the nonce to the verdict channel. ``os._exit(0)``, ``sys.exit(0)``, printing anything,
-raising the event from elsewhere: none of these writes the nonce.
+The verdict (see ``_run``): the program runs in a second thread, started as a chain of C calls, so
+no frame of the harness is on its stack; the nonce stays in a local of the main thread, which runs
+no code of the program; the audit hook refuses what reaches other threads' frames or every object
+(``sys._current_frames``, the garbage collector's lists, tracing, ctypes, ``/proc/<pid>`` files, new
+hooks). The main thread writes the nonce only once the chain got past the program's return.
+``os._exit(0)``, ``sys.exit(0)``, printing anything, or releasing whatever lock it can find: none
+of these writes the nonce.
 
 Standalone on purpose (stdlib only, no prunescope imports): nothing of the evaluator is importable
 from inside the sandbox.
