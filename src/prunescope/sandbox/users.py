@@ -20,7 +20,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-_PREFERRED_BASE = 1_700_000_000  # far above any account number a system hands out
+_PREFERRED_BASE = 1_800_000_000  # far above any account number a system hands out
 _lock = threading.Lock()
 _in_use: set[int] = set()
 _verified: set[int] = set()

@@ -271,6 +271,7 @@ def _install_guard():
 
     import _posixsubprocess
     import _socket
+    import socket  # noqa: F401  (before the swap below: its class cannot subclass the blocked one)
     for name in BLOCKED_OS:
         for module in (os, posix):
             if hasattr(module, name):
