@@ -130,6 +130,6 @@ def lmeval_task(task_name: str) -> Task:
     def no_items(n, seed, split):
         raise UsageError(f"{PREFIX}{task_name} is run by lm-eval and has no items of its own; use a built-in task")
 
-    return Task(name=f"{PREFIX}{task_name}", kind="multiple_choice", chance=0.0, make_items=no_items,
+    return Task(name=f"{PREFIX}{task_name}", kind="multiple_choice", make_items=no_items,
                 evaluate_fn=run, family="lmeval",
                 description=f"lm-evaluation-harness task {task_name!r} (optional extra)")
