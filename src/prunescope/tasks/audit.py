@@ -106,7 +106,9 @@ def pair_match(task, tokenizer, *, limit: int, seed: int = 0, data=None) -> floa
 
 
 def audit_task(task, tokenizer, model, *, limit: int = 200, seed: int = 0, data=None) -> dict[str, Any]:
-    """One audit row for ``task`` (see the module docstring): measures and ``problems`` (empty = pass)."""
+    """One audit row for ``task`` (see the module docstring): measures and ``problems`` (empty = pass).
+    ``model`` is the null model (``null_model(tokenizer)``), run through the engine; None computes its
+    choice in closed form (fewest continuation tokens, the first on ties), which is what it does."""
     from prunescope.eval import engine
 
     if task.evaluate_fn is not None:
@@ -131,8 +133,11 @@ def audit_task(task, tokenizer, model, *, limit: int = 200, seed: int = 0, data=
     if task.kind == "multiple_choice" and n:
         contexts = [task.render(it, tokenizer) for it in items]
         lengths = [[len(engine.encode_pair(tokenizer, c, ch)[1]) for ch in it.choices] for c, it in zip(contexts, items)]
-        scores = engine.score_choices(model, tokenizer, [(c, it.choices) for c, it in zip(contexts, items)],
-                                      batch_size=64, progress=False)
+        if model is not None:
+            scores = engine.score_choices(model, tokenizer, [(c, it.choices) for c, it in zip(contexts, items)],
+                                          batch_size=64, progress=False)
+        else:  # what the null model computes, in closed form: -len(tokens) * log V per choice
+            scores = [[-float(x) for x in L] for L in lengths]
         heur = {"null": sum(max(range(len(s)), key=s.__getitem__) == it.gold for s, it in zip(scores, items)) / n,
                 "longest": sum(_length_pick(L, it.gold, True) for L, it in zip(lengths, items)) / n,
                 "shortest": sum(_length_pick(L, it.gold, False) for L, it in zip(lengths, items)) / n}

@@ -137,6 +137,7 @@ def load_user_task(path: str | Path) -> Task:
     chance = spec.get("chance")
     if chance is not None and not isinstance(chance, (int, float)):
         raise UsageError(f"{path}: 'chance' must be a number, got {chance!r}")
+    make(1, 0, "eval")  # fail at load, not mid-run, on a template or row the file cannot satisfy
     return Task(name=name, kind=kind, description=spec.get("description", f"user task from {path.name}"),
                 chance=None if chance is None else float(chance), make_items=make, use_chat_template=bool(spec.get("chat_template", False)),
                 stop=list(spec.get("stop", ["\n"])), max_new_tokens=int(spec.get("max_new_tokens", 32)),
