@@ -167,6 +167,9 @@ def test_pools_hold_no_duplicates_and_cap_with_a_notice(capsys):
     assert len(keys) == len(set(keys)) and 30 <= len(keys) <= 55
     assert f"n capped at {len(keys)} (asked for 500)" in capsys.readouterr().err
     assert get_task("arith_sub_1d_gen").items(10, seed=5) == items[:10]
+    # calibration and training prompts may repeat a question (with other shots): recovery asks for 48
+    calib = get_task("arith_add_1d_gen").items(48, split="calib")
+    assert len(calib) == 48 and len({i.meta["key"] for i in calib}) < 48
     for name in ("arith_add_2d_mc", "brackets4_gen", "brackets_balanced_mc"):
         keys = [i.meta["key"] for i in get_task(name).items(200)]
         assert len(keys) == len(set(keys)) == 200

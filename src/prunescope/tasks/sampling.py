@@ -6,8 +6,8 @@ only on the key, never on the seed or on how many items are asked for, so calibr
 layer-scoring criteria and recovery) can never coincide with evaluation items, and few-shot examples
 are drawn from the item's own partition so evaluation questions never leak into calibration prompts.
 
-Questions never repeat within a split: a family whose pool is smaller than the number asked for
-(1-digit sums have 100 questions, 75 of them in ``eval``) yields its whole pool, with a one-line notice.
+Evaluation questions never repeat: a family whose pool is smaller than the number asked for (1-digit
+sums have 100 questions, 77 of them in ``eval``) yields its whole pool, with a one-line notice.
 Item ``i``'s shots come from a random stream of its own (family, split, seed, i), and multiple-choice
 distractors from another, so the ``_gen`` and ``_mc`` tasks of one family render the same context
 for the same item id: only the way the answer is read differs.
@@ -51,20 +51,24 @@ def sample_questions(draw: Callable[[random.Random], Any], key: Callable[[Any], 
 
     With ``stratum`` (a question's class among ``strata``, e.g. how many brackets close it), every block
     of ``strata`` consecutive questions holds one of each class, so no class is the majority. When
-    ``EXHAUSTED_AFTER`` draws in a row bring nothing new, the pool is used up: the questions found so
-    far are returned (a prefix of what a larger ``n`` returns) with a one-line notice.
+    ``EXHAUSTED_AFTER`` draws in a row bring nothing new, the pool is used up: evaluation questions
+    found so far are returned (a prefix of what a larger ``n`` returns) with a one-line notice;
+    calibration questions (criteria, recovery prompts) go on with repeats, their shots differing.
     """
     rng = rng_for(family, seed, split)
     questions: list = []
     seen: set[str] = set(exclude)
-    misses = 0
+    misses, repeat = 0, False
     while len(questions) < n:
         want = None if stratum is None else balanced_position(family, seed, split, len(questions), strata)
         q = draw(rng)
         k = key(q)
-        if k in seen or partition_of(family, k) != split or (want is not None and stratum(q) != want):
+        if (k in seen and not repeat) or partition_of(family, k) != split or (want is not None and stratum(q) != want):
             misses += 1
             if misses >= EXHAUSTED_AFTER:
+                if split != "eval":  # calibration and training prompts may repeat (their shots differ)
+                    repeat, misses = True, 0
+                    continue
                 notice(f"{task or family}: only {len(questions)} distinct {split} questions exist; "
                        f"n capped at {len(questions)} (asked for {n})")
                 break
