@@ -21,6 +21,8 @@ class Config:
     out: str | None = field(None, help="run folder (default runs/<name from the config>)")
     device: str | None = field(None, help="override the config's device: auto, cpu or cuda")
     overwrite: bool = field(False, help="delete what the run folder holds and start over instead of resuming")
+    force: bool = field(False, help="recompute finished steps whose settings changed (and the steps after them) "
+                                    "instead of refusing")
 
 
 def run(config: Config) -> int:
@@ -35,6 +37,6 @@ def run(config: Config) -> int:
     if config.overwrite and study.out_dir.exists():
         shutil.rmtree(study.out_dir)
     logging.getLogger("prunescope.study").setLevel(logging.INFO)
-    out = run_study(study)
+    out = run_study(study, force=config.force)
     print(f"report: {out / 'report.md'}\n        {out / 'report.html'}")
     return 0

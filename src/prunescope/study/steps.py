@@ -1,0 +1,92 @@
+"""Study steps and their identities: a finished step is reused only when nothing that can change its output
+has changed.
+
+A step's ``inputs`` hold every setting that can change what it writes (model, dtype, seed, tasks, limit,
+data, criterion and scoring settings, recovery method and settings, efficiency and ablation settings,
+the prunescope version) plus the identities of the steps it reads from, so a change upstream reaches every
+step downstream. ``steps.json`` in the run folder records, per step, the identity and inputs its artifacts
+were made with. The entry is written before the step runs and the step's artifacts are deleted first when
+they are stale, so a kill at any moment never leaves an old artifact under a new identity.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prunescope.io import read_json, write_json
+
+MANIFEST = "steps.json"
+
+
+@dataclass
+class Step:
+    """One unit of work: ``outputs[0]`` is its 'finished' mark (written last); every output is deleted
+    before a stale step is recomputed."""
+    key: str
+    label: str
+    inputs: dict[str, Any]
+    outputs: list[Path]
+    run: Callable[[], None]
+    extra_done: Callable[[], bool] = field(default=lambda: True)
+
+    @property
+    def identity(self) -> str:
+        text = json.dumps(self.inputs, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def finished(self) -> bool:
+        return all(p.exists() for p in self.outputs[:1]) and self.extra_done()
+
+    def clear(self) -> None:
+        for path in self.outputs:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+class Manifest:
+    """``steps.json``: ``{step key: {"identity": ..., "inputs": {...}}}``, rewritten atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / MANIFEST
+        self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
+
+    def done(self, step: Step) -> bool:
+        return step.finished() and self.entries.get(step.key, {}).get("identity") == step.identity
+
+    def stale(self, step: Step) -> bool:
+        """Finished under another identity (or with none recorded)."""
+        return step.finished() and self.entries.get(step.key, {}).get("identity") != step.identity
+
+    def reasons(self, step: Step) -> list[str]:
+        """What differs from the recorded inputs, as dotted keys (``recovery.lr``, ``after scores/angular-k3``)."""
+        old = self.entries.get(step.key)
+        if old is None:
+            return ["no identity recorded"]
+        return diff_keys(old.get("inputs", {}), step.inputs)
+
+    def record(self, step: Step) -> None:
+        self.entries[step.key] = {"identity": step.identity, "inputs": step.inputs}
+        write_json(self.path, self.entries)
+
+
+def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings; changed dependencies read
+    'after <step>' (that step's own inputs changed)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if old.get(key) != new.get(key):
+                if prefix == "" and key == "after":
+                    deps = old.get(key) or {}
+                    now = new.get(key) or {}
+                    out += [f"after {d}" for d in sorted(set(deps) | set(now)) if deps.get(d) != now.get(d)]
+                else:
+                    out += diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [prefix.rstrip(".")] if old != new else []
