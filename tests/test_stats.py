@@ -124,3 +124,11 @@ def test_pair_samples_aligns_by_id():
     assert pair_samples(base, other)["a"] == (("0", "1", "2", "3"), [True, False, True, False],
                                               [False, False, False, True])
     assert pair_samples(base, [{"task": "a", "id": 9, "correct": True}]) == {}
+
+
+def test_metrics_json_gets_adjusted_retention():
+    from prunescope.eval.metrics import add_retention
+    tasks = {"a": {"accuracy": 0.5, "chance": 0.25}, "b": {"accuracy": 0.3, "chance": 0.25}}
+    add_retention(tasks, {"tasks": {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.3}}})
+    assert tasks["a"]["retention_adj"] == pytest.approx(0.25 / 0.55)
+    assert tasks["b"]["retention_adj"] is None and "within 0.10 of chance" in tasks["b"]["adj_note"]

@@ -48,8 +48,10 @@ def cell_name(criterion: str, ratio: float) -> str:
 class StudyRun:
     """One study in one folder; ``run()`` executes the steps that are not finished yet."""
 
-    def __init__(self, config: StudyConfig, stages: Stages | None = None):
+    def __init__(self, config: StudyConfig, stages: Stages | None = None, *, progress: bool | None = None):
         self.config = config
+        # progress bars only where someone watches them; a log file or CI gets one line per step
+        self.progress = sys.stderr.isatty() if progress is None else progress
         self.out = config.out_dir
         self.stages = (stages or Stages()).resolved()
         self._model = None
@@ -167,7 +169,7 @@ class StudyRun:
 
     def eval_kwargs(self, *, baseline: bool = False, limit: int | None = None) -> dict:
         cfg = self.config
-        kwargs = dict(limit=limit or cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size)
+        kwargs = dict(limit=limit or cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size, progress=self.progress)
         if cfg.data:
             kwargs["data"] = cfg.data
         if baseline:
@@ -378,13 +380,14 @@ class StudyRun:
         trail = self._trail(info)
         if previous is not None and len(pending) < len(steps):
             log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
-        ran = 0
+        ran, ablated = 0, False
+        log.info("plan: %s", _plan_text(pending))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
                 continue
-            left = sum(1 for s in steps[index:] if not manifest.done(s))
-            log.info("[%d/%d] %s  (%d left after this, %s elapsed)", index, len(steps), step.label, left,
-                     _duration(time.time() - started))
+            todo = [s for s in steps[index - 1:] if not manifest.done(s)]
+            log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
+                     _duration(time.time() - started), _eta_text(todo, trail["steps"]))
             if manifest.entries.get(step.key, {}).get("identity") != step.identity:
                 step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
@@ -393,7 +396,8 @@ class StudyRun:
             trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "finished": _now()}
             write_json(self.out / "run.json", trail)
             ran += 1
-        if self.config.ablation.enabled and (ran or not (self.out / "ablation/ablation.json").is_file()):
+            ablated = ablated or step.key.startswith("ablation/")
+        if self.config.ablation.enabled and (ablated or not (self.out / "ablation/ablation.json").is_file()):
             self.write_ablation_summary(total)
         from prunescope.report import build_report
         from prunescope.report.tables import write_results_csv
@@ -447,7 +451,8 @@ class StudyRun:
         return info
 
 
-def run_study(config: StudyConfig, *, stages: Stages | None = None, force: bool = False) -> Path:
+def run_study(config: StudyConfig, *, stages: Stages | None = None, force: bool = False,
+              progress: bool | None = None) -> Path:
     """Run (or resume) the study described by ``config`` and return its run folder.
 
     Steps already finished in the folder with the same inputs (see ``prunescope.study.steps``) are skipped;
@@ -456,7 +461,43 @@ def run_study(config: StudyConfig, *, stages: Stages | None = None, force: bool 
     ``stages`` swaps the stage functions (load_model, score_layers, evaluate, recover, measure_efficiency),
     e.g. to count calls in tests.
     """
-    return StudyRun(config, stages).run(force=force)
+    return StudyRun(config, stages, progress=progress).run(force=force)
+
+
+def step_kind(key: str) -> str:
+    """Steps of one kind take about as long as each other: evaluations, scores, recovery, efficiency, ablation."""
+    if key == "baseline" or (key.startswith("cells/") and "/recovery-" not in key):
+        return "eval"
+    if "/recovery-" in key:
+        return "recovery"
+    return key.split("/")[0]
+
+
+def _plan_text(pending: list[Step]) -> str:
+    counts: dict[str, int] = {}
+    for s in pending:
+        counts[step_kind(s.key)] = counts.get(step_kind(s.key), 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+
+
+def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None:
+    """Seconds the steps in ``todo`` should take, from the measured steps of the same kind on this machine
+    (this run and earlier attempts in the folder); None until one step has been measured."""
+    by_kind: dict[str, list[float]] = {}
+    for key, t in timings.items():
+        by_kind.setdefault(step_kind(key), []).append(float(t["seconds"]))
+    if not by_kind:
+        return None
+    overall = sum(sum(v) for v in by_kind.values()) / sum(len(v) for v in by_kind.values())
+    return sum(sum(by_kind[k]) / len(by_kind[k]) if (k := step_kind(s.key)) in by_kind else overall for s in todo)
+
+
+def _eta_text(todo: list[Step], timings: dict[str, dict]) -> str:
+    left = estimate_seconds(todo, timings)
+    if left is None:
+        return ", estimate after the first step"
+    finish = _dt.datetime.now() + _dt.timedelta(seconds=left)
+    return f", about {_duration(left)} left, done about {finish:%H:%M}"
 
 
 def _now() -> str:
