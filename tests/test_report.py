@@ -242,3 +242,18 @@ def test_report_cli_rebuilds_the_same_report(built, tmp_path, capsys):
     assert ((run / "report.md").read_text(), (run / "results.csv").read_text()) == first
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_summary_table(built):
+    from prunescope.report.summary import summary_table
+    run, _ = built
+    text = summary_table(run)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["cell", "classification"] and "decode" in lines[0]
+    # reverse at 25%: classification (38-12.5)/(40-12.5) = 93%, generation 71%
+    row = next(line for line in lines if line.startswith("reverse r=0.25 "))
+    assert "93% [" in row and "71% [" in row and "generation kept less" in row
+    for ratio in ("0.25", "0.5"):  # one best cell per kind and ratio
+        assert sum(line.count("]*") for line in lines if f" r={ratio}" in line) == 2
+    assert row.rstrip().endswith(f"{8 / 6 * 0.9:.2f}x")
+    assert any(line.startswith("block_influence r=0.25 +lora") for line in lines)

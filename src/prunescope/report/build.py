@@ -140,7 +140,7 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     if efficiency and any("speedup" in e for e in efficiency.values()):
         figures.frontier_figure(rows, efficiency, criteria=criteria, methods=methods, target=target,
                                 path=fig_dir / "frontier.png")
-        figs.append(("figures/frontier.png", "Measured decode speedup against retention per task kind; one marker "
+        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars); one marker "
                      "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
                      "share of the removed blocks."))
 
