@@ -296,7 +296,8 @@ def test_run_trail(finished_run):
     steps = [line for line in log.splitlines() if " INFO [" in line]
     assert len(steps) == len(EVERYTHING) and "\r" not in log
     assert "estimate after the first step" in steps[0] and all("left, done about" in s for s in steps[1:])
-    assert "plan: 1 eval" in log or "plan: " in log
+    first_plan = next(line for line in log.splitlines() if " plan: " in line)
+    assert first_plan.endswith("plan: 7 eval, 4 scores, 1 recovery, 3 efficiency, 7 ablation")
 
 
 def test_ablation_names_layers_only_with_interval(finished_run):
@@ -310,7 +311,7 @@ def test_ablation_names_layers_only_with_interval(finished_run):
 
 
 def test_estimate_uses_measured_steps_of_the_same_kind():
-    from prunescope.study.runner import estimate_seconds
+    from prunescope.study.steps import estimate_seconds
     from prunescope.study.steps import Step
     todo = [Step(k, k, {}, [], lambda: None) for k in ("cells/a-r0.1", "cells/a-r0.2", "scores/x.json", "ablation/base")]
     assert estimate_seconds(todo, {}) is None

@@ -1,8 +1,10 @@
 """The study: baseline -> scores -> pruned cells -> recovery -> efficiency -> ablation -> report.
 
-Each stage writes its artifacts atomically and is skipped when they already exist, so a study
-killed at any moment (``kill -9`` included) and started again recomputes nothing finished. A cell is
-finished when its ``metrics.json`` exists; that file is always written last.
+Each stage writes its artifacts atomically and is skipped when they exist and were made with the same
+inputs (``steps.json``, see ``prunescope.study.steps``), so a study killed at any moment (``kill -9``
+included) and started again recomputes nothing finished, and a changed setting never passes old numbers
+off as new: the affected steps are refused, or recomputed with ``force``. A cell is finished when its
+``metrics.json`` exists; that file is always written last.
 
 Run folder layout::
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -34,7 +35,7 @@ from prunescope.io import read_json, write_json
 from prunescope.study.config import StudyConfig
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
-from prunescope.study.steps import Manifest, Step
+from prunescope.study.steps import Manifest, Step, eta_text, plan_text
 
 log = logging.getLogger("prunescope.study")
 
@@ -301,39 +302,8 @@ class StudyRun:
         write_json(path, {"layer": layer, **metrics})
 
     def write_ablation_summary(self, total: int) -> None:
-        """ablation/ablation.json: accuracy per layer skipped, per task, the drop from the base with its paired
-        95% bootstrap interval, and per kind the mean drop over the kind's tasks with its interval."""
-        from prunescope import stats
-        folder = self.out / "ablation"
-        base = read_json(folder / "base.json")
-        layers = [read_json(folder / f"layer-{i:03d}.json") for i in range(total)]
-        tasks, per_kind = {}, {}
-        for name, info in base["tasks"].items():
-            accs = [m["tasks"][name]["accuracy"] for m in layers]
-            entry = {"kind": info["kind"], "n": info.get("n"), "chance": info.get("chance"),
-                     "base_accuracy": info["accuracy"], "accuracy": accs,
-                     "drop": [info["accuracy"] - a for a in accs]}
-            b_items = (base.get("items") or {}).get(name)
-            l_items = [(m.get("items") or {}).get(name) for m in layers]
-            if b_items and all(li and li["ids"] == b_items["ids"] for li in l_items):
-                boots = []
-                for li in l_items:
-                    p = stats.Paired(name, info["kind"], info.get("chance"), tuple(b_items["ids"]), b_items["correct"],
-                                     li["correct"], seed=self.config.seed)
-                    boots.append(p.drop())
-                entry["drop_lo"] = [stats.interval(b)[0] for _, b in boots]
-                entry["drop_hi"] = [stats.interval(b)[1] for _, b in boots]
-                per_kind.setdefault(info["kind"], []).append(boots)
-            tasks[name] = entry
-        kinds = {}
-        for kind, task_boots in per_kind.items():
-            means = [stats.mean_of([tb[i] for tb in task_boots]) for i in range(total)]
-            kinds[kind] = {"drop": [m[0] for m in means], "lo": [stats.interval(m[1])[0] for m in means],
-                           "hi": [stats.interval(m[1])[1] for m in means]}
-            kinds[kind]["critical"] = [i for i in range(total) if kinds[kind]["lo"][i] > 0]
-        write_json(folder / "ablation.json", {"limit": self.config.ablation.limit, "num_layers": total,
-                                              "layers": list(range(total)), "tasks": tasks, "kinds": kinds,
-                                              "level": stats.LEVEL})
+        from prunescope.study.ablation import write_ablation_summary
+        write_ablation_summary(self.out / "ablation", total, limit=self.config.ablation.limit, seed=self.config.seed)
 
     # ---- the whole thing ----
     def run(self, *, force: bool = False) -> Path:
@@ -381,13 +351,13 @@ class StudyRun:
         if previous is not None and len(pending) < len(steps):
             log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
         ran, ablated = 0, False
-        log.info("plan: %s", _plan_text(pending))
+        log.info("plan: %s", plan_text(pending))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
                 continue
             todo = [s for s in steps[index - 1:] if not manifest.done(s)]
             log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
-                     _duration(time.time() - started), _eta_text(todo, trail["steps"]))
+                     _duration(time.time() - started), eta_text(todo, trail["steps"]))
             if manifest.entries.get(step.key, {}).get("identity") != step.identity:
                 step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
@@ -462,42 +432,6 @@ def run_study(config: StudyConfig, *, stages: Stages | None = None, force: bool 
     e.g. to count calls in tests.
     """
     return StudyRun(config, stages, progress=progress).run(force=force)
-
-
-def step_kind(key: str) -> str:
-    """Steps of one kind take about as long as each other: evaluations, scores, recovery, efficiency, ablation."""
-    if key == "baseline" or (key.startswith("cells/") and "/recovery-" not in key):
-        return "eval"
-    if "/recovery-" in key:
-        return "recovery"
-    return key.split("/")[0]
-
-
-def _plan_text(pending: list[Step]) -> str:
-    counts: dict[str, int] = {}
-    for s in pending:
-        counts[step_kind(s.key)] = counts.get(step_kind(s.key), 0) + 1
-    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
-
-
-def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None:
-    """Seconds the steps in ``todo`` should take, from the measured steps of the same kind on this machine
-    (this run and earlier attempts in the folder); None until one step has been measured."""
-    by_kind: dict[str, list[float]] = {}
-    for key, t in timings.items():
-        by_kind.setdefault(step_kind(key), []).append(float(t["seconds"]))
-    if not by_kind:
-        return None
-    overall = sum(sum(v) for v in by_kind.values()) / sum(len(v) for v in by_kind.values())
-    return sum(sum(by_kind[k]) / len(by_kind[k]) if (k := step_kind(s.key)) in by_kind else overall for s in todo)
-
-
-def _eta_text(todo: list[Step], timings: dict[str, dict]) -> str:
-    left = estimate_seconds(todo, timings)
-    if left is None:
-        return ", estimate after the first step"
-    finish = _dt.datetime.now() + _dt.timedelta(seconds=left)
-    return f", about {_duration(left)} left, done about {finish:%H:%M}"
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ they are stale, so a kill at any moment never leaves an old artifact under a new
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import shutil
@@ -90,3 +91,42 @@ def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
                     out += diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     return [prefix.rstrip(".")] if old != new else []
+
+
+# ---- progress: what is left and when it should be done, from steps measured on this machine ----
+
+def step_kind(key: str) -> str:
+    """Steps of one kind take about as long as each other: evaluations, scores, recovery, efficiency, ablation."""
+    if key == "baseline" or (key.startswith("cells/") and "/recovery-" not in key):
+        return "eval"
+    if "/recovery-" in key:
+        return "recovery"
+    return key.split("/")[0]
+
+
+def plan_text(pending: list[Step]) -> str:
+    counts: dict[str, int] = {}
+    for s in pending:
+        counts[step_kind(s.key)] = counts.get(step_kind(s.key), 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+
+
+def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None:
+    """Seconds the steps in ``todo`` should take, from the measured steps of the same kind on this machine
+    (this run and earlier attempts in the folder); None until one step has been measured."""
+    by_kind: dict[str, list[float]] = {}
+    for key, t in timings.items():
+        by_kind.setdefault(step_kind(key), []).append(float(t["seconds"]))
+    if not by_kind:
+        return None
+    overall = sum(sum(v) for v in by_kind.values()) / sum(len(v) for v in by_kind.values())
+    return sum(sum(by_kind[k]) / len(by_kind[k]) if (k := step_kind(s.key)) in by_kind else overall for s in todo)
+
+
+def eta_text(todo: list[Step], timings: dict[str, dict]) -> str:
+    left = estimate_seconds(todo, timings)
+    if left is None:
+        return ", estimate after the first step"
+    finish = _dt.datetime.now() + _dt.timedelta(seconds=left)
+    m, sec = divmod(int(left), 60)
+    return f", about {m}m{sec:02d}s left, done about {finish:%H:%M}"
