@@ -132,3 +132,8 @@ def test_metrics_json_gets_adjusted_retention():
     add_retention(tasks, {"tasks": {"a": {"accuracy": 0.8}, "b": {"accuracy": 0.3}}})
     assert tasks["a"]["retention_adj"] == pytest.approx(0.25 / 0.55)
     assert tasks["b"]["retention_adj"] is None and "within 0.10 of chance" in tasks["b"]["adj_note"]
+
+
+def test_samples_without_per_item_results_are_not_paired():
+    base = [{"task": "a", "id": 0, "correct": True}, {"task": "b", "id": 0}]
+    assert set(pair_samples(base, base)) == {"a"}

@@ -190,8 +190,9 @@ def pair_samples(base_rows: Iterable[dict], other_rows: Iterable[dict]) -> dict[
     def by_task(rows):
         out: dict[str, list[dict]] = {}
         for r in rows:
-            out.setdefault(r["task"], []).append(r)
-        return out
+            out.setdefault(r.get("task"), []).append(r)
+        # tasks whose samples do not say per item whether it was right cannot be paired
+        return {t: rs for t, rs in out.items() if all("id" in r and "correct" in r for r in rs)}
 
     base, other = by_task(base_rows), by_task(other_rows)
     pairs = {}
