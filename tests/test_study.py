@@ -318,3 +318,10 @@ def test_estimate_uses_measured_steps_of_the_same_kind():
     timings = {"baseline": {"seconds": 10.0}, "cells/b-r0.1": {"seconds": 20.0}, "scores/y.json": {"seconds": 4.0}}
     # evaluations average 15 s, scores 4 s, ablation unmeasured: the mean of all measured steps (34 / 3)
     assert estimate_seconds(todo, timings) == pytest.approx(15 + 15 + 4 + 34 / 3)
+
+
+def test_estimate_scales_unmeasured_evaluations_by_their_items():
+    from prunescope.study.steps import Step, estimate_seconds
+    todo = [Step("ablation/layer-000", "a", {}, [], lambda: None, work=10)]
+    timings = {"baseline": {"seconds": 40.0, "work": 400}, "scores/y.json": {"seconds": 4.0}}
+    assert estimate_seconds(todo, timings) == pytest.approx(1.0)  # 10 items at 0.1 s per item

@@ -103,8 +103,9 @@ class StudyRun:
         cfg, total, out = self.config, self.num_layers(), self.out
         counts = self.removal_counts(total)
         common, evals = self._common(), self._eval_inputs()
+        items = len(cfg.tasks) * (cfg.limit or 200)  # the work of one evaluation, for estimates
         steps = [Step("baseline", "eval baseline", {**common, **evals},
-                      [out / "baseline/metrics.json", out / "baseline/samples.jsonl"], self.run_baseline)]
+                      [out / "baseline/metrics.json", out / "baseline/samples.jsonl"], self.run_baseline, work=items)]
         score_steps: dict[tuple[str, int | None], Step] = {}
         for crit, k, file in scoring_plan(cfg.criteria, sorted(set(counts.values()))):
             path = out / "scores" / file
@@ -127,7 +128,7 @@ class StudyRun:
                                   {**common, **evals, "criterion": crit, "ratio": r, "removed": counts[r],
                                    "after": {dep.key: dep.identity}},
                                   [cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
-                                  lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d)))
+                                  lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d), work=items))
         for crit, r in cfg.recovered_cells():
             dep = scores_for(crit, counts[r])
             for method in cfg.recovery.methods:
@@ -154,12 +155,13 @@ class StudyRun:
         if cfg.ablation.enabled:
             abl = {**common, "data": cfg.data, "ablation": {"limit": cfg.ablation.limit, "tasks": self.ablation_tasks()}}
             base_path = out / "ablation" / "base.json"
+            ablation_items = len(self.ablation_tasks()) * cfg.ablation.limit
             steps.append(Step("ablation/base", "ablation base", abl, [base_path],
-                              lambda p=base_path: write_json(p, self._ablation_eval(p))))
+                              lambda p=base_path: write_json(p, self._ablation_eval(p)), work=ablation_items))
             for layer in range(total):
                 path = out / "ablation" / f"layer-{layer:03d}.json"
                 steps.append(Step(f"ablation/layer-{layer:03d}", f"ablation layer {layer}", {**abl, "layer": layer},
-                                  [path], lambda i=layer, p=path: self.run_ablation_layer(i, p)))
+                                  [path], lambda i=layer, p=path: self.run_ablation_layer(i, p), work=ablation_items))
         return steps
 
     # ---- stages ----
@@ -363,7 +365,8 @@ class StudyRun:
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
             t0 = time.time()
             step.run()
-            trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "finished": _now()}
+            trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "work": step.work,
+                                        "finished": _now()}
             write_json(self.out / "run.json", trail)
             ran += 1
             ablated = ablated or step.key.startswith("ablation/")

@@ -33,6 +33,7 @@ class Step:
     outputs: list[Path]
     run: Callable[[], None]
     extra_done: Callable[[], bool] = field(default=lambda: True)
+    work: float = 0.0  # items it evaluates (0: not an evaluation); steps without a measured kind are estimated by it
 
     @property
     def identity(self) -> str:
@@ -120,7 +121,19 @@ def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None
     if not by_kind:
         return None
     overall = sum(sum(v) for v in by_kind.values()) / sum(len(v) for v in by_kind.values())
-    return sum(sum(by_kind[k]) / len(by_kind[k]) if (k := step_kind(s.key)) in by_kind else overall for s in todo)
+    # seconds per evaluated item, for kinds not measured yet (the ablation evaluates few items per step)
+    worked = [(float(t["seconds"]), float(t["work"])) for t in timings.values() if t.get("work")]
+    per_item = sum(w[0] for w in worked) / sum(w[1] for w in worked) if worked else None
+
+    def guess(step: Step) -> float:
+        kind = step_kind(step.key)
+        if kind in by_kind:
+            return sum(by_kind[kind]) / len(by_kind[kind])
+        if step.work and per_item is not None:
+            return step.work * per_item
+        return overall
+
+    return sum(guess(s) for s in todo)
 
 
 def eta_text(todo: list[Step], timings: dict[str, dict]) -> str:
