@@ -379,8 +379,12 @@ class StudyRun:
             info["finished"] = _now()
             info["seconds"] = round(info.get("seconds", 0.0) + time.time() - started, 1)
             write_json(path, info)
+        isolation = self._isolation()
+        if isolation and info.get("isolation") != next(iter(isolation.values())):
+            info["isolation"] = next(iter(isolation.values()))  # one sandbox per run: the report states it
+            write_json(path, info)
         paths = build_report(self.out)
-        trail.update(finished=info["finished"], seconds=info.get("seconds"), isolation=self._isolation())
+        trail.update(finished=info["finished"], seconds=info.get("seconds"), isolation=isolation)
         write_json(self.out / "run.json", trail)
         log.info("study finished in %s: %s", _duration(time.time() - started), paths["html"])
         return self.out
