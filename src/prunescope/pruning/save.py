@@ -21,9 +21,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloat16") -> str:
+def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloat16", note: str | None = None) -> str:
     """A mergekit passthrough config whose slices keep exactly the blocks not in ``removed``
-    (``layer_range`` is end-exclusive, as in mergekit)."""
+    (``layer_range`` is end-exclusive, as in mergekit); ``note`` becomes a comment above it."""
     keep = [i for i in range(total) if i not in set(removed)]
     ranges: list[list[int]] = []
     for i in keep:
@@ -31,7 +31,10 @@ def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloa
             ranges[-1][1] = i + 1
         else:
             ranges.append([i, i + 1])
-    lines = ["# Reproduces this cut with mergekit: mergekit-yaml mergekit.yaml OUT_DIR", "slices:"]
+    lines = ["# Reproduces this cut with mergekit: mergekit-yaml mergekit.yaml OUT_DIR"]
+    if note:
+        lines.append(f"# Note: {note}")
+    lines.append("slices:")
     for a, b in ranges:
         lines += ["  - sources:", f"      - model: {base}", f"        layer_range: [{a}, {b}]"]
     lines += ["merge_method: passthrough", f"dtype: {dtype}", ""]
@@ -41,13 +44,15 @@ def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloa
 def model_card(meta: dict[str, Any]) -> str:
     """A short README.md for the pruned checkpoint."""
     removed = meta["removed_layers"]
+    base = meta.get("base_model_resolved") or meta["base_model"]
+    front = f"base_model: {base}\n" if meta.get("base_model_is_hub_id") else ""
+    note = f"\nNote on the base model: {meta['base_model_note']}.\n" if meta.get("base_model_note") else ""
     return f"""---
-base_model: {meta['base_model']}
-library_name: transformers
+{front}library_name: transformers
 tags: [prunescope, layer-pruning, depth-pruning]
 ---
-# {meta['base_model']} with {len(removed)} of {meta['num_layers_before']} decoder layers removed
-
+# {base} with {len(removed)} of {meta['num_layers_before']} decoder layers removed
+{note}
 Made with prunescope: removed layers (0-based) {removed}, chosen by `{meta.get('criterion') or 'explicit list'}`.
 Layers before → after: {meta['num_layers_before']} → {meta['num_layers_after']}.
 Parameters: {meta.get('parameters', 'n/a'):,}.
@@ -69,10 +74,16 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed:
     """Write a pruned model to ``out`` atomically: safetensors weights, config, tokenizer with its chat
     template, ``prunescope.json``, a ``README.md`` model card and a mergekit ``mergekit.yaml``.
 
-    ``removed`` are 0-based indices of the base model's blocks.
+    ``removed`` are 0-based indices of the base model's blocks. ``base`` is the model spec as typed;
+    mergekit.yaml and the card name what mergekit can load (``models.loading.mergeable_base``).
     """
+    from prunescope.models.loading import mergeable_base
+    resolved, note, is_hub = mergeable_base(base)
     meta = {
         "base_model": base,
+        "base_model_resolved": resolved,
+        "base_model_is_hub_id": is_hub,
+        "base_model_note": note,
         "removed_layers": sorted(removed),
         "num_layers_before": num_layers_before,
         "num_layers_after": num_layers_before - len(removed),
@@ -89,5 +100,5 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed:
         write_json(tmp / "prunescope.json", meta)
         write_text(tmp / "README.md", model_card(meta))
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        write_text(tmp / "mergekit.yaml", mergekit_yaml(base, removed, num_layers_before, dtype))
+        write_text(tmp / "mergekit.yaml", mergekit_yaml(resolved, removed, num_layers_before, dtype, note))
     return Path(out)
