@@ -190,3 +190,20 @@ def test_mergekit_yaml_and_card_name_a_base_mergekit_can_load(tmp_path, base, na
         assert note in text and note in card
     else:
         assert "# Note" not in text
+
+
+def test_an_auto_detected_family_whose_cut_would_not_reload_equal_is_not_saved(tmp_path, monkeypatch):
+    """For families outside the table prunescope reloads the saved cut and compares; a behaviour the
+    config does not carry (here: a block whose attention scaling was changed in memory) is refused."""
+    import dataclasses
+    import prunescope.models.architectures as archs
+    model = make_tiny_model("llama")
+    drop_layers(model, layers=[2])
+    real = archs.get_architecture
+    monkeypatch.setattr(archs, "get_architecture", lambda m: dataclasses.replace(real(m), detected=True))
+    out = save_pruned(model, None, tmp_path / "same", base="tiny", removed=[2], num_layers_before=6)
+    assert (out / "config.json").is_file()  # an unchanged cut reloads equal and is saved
+    get_layers(model)[1].self_attn.scaling *= 1.5
+    with pytest.raises(UsageError, match="reloads with different logits"):
+        save_pruned(model, None, tmp_path / "changed", base="tiny", removed=[2], num_layers_before=6)
+    assert not (tmp_path / "changed").exists()

@@ -69,6 +69,29 @@ this cut from the base model; `prunescope.json` records how it was made.
 """
 
 
+def check_reloads_equal(model, folder: Path) -> None:
+    """Reload ``folder`` with plain transformers and compare logits with ``model`` on a short input;
+    a UsageError (nothing saved) when they differ. Used for families prunescope only auto-detected,
+    whose index-dependent behaviour the architecture table does not describe."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunescope.errors import UsageError
+    param = next(model.parameters())
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab)[None]
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype).to(param.device).eval()
+    with torch.no_grad():
+        diff = float((model(input_ids=ids, use_cache=False).logits.float()
+                      - reloaded(input_ids=ids, use_cache=False).logits.float()).abs().max())
+    del reloaded
+    tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+    if not diff <= tolerance:
+        raise UsageError(f"refusing to save: model_type {model.config.model_type!r} is not in prunescope's "
+                         f"architecture table and the saved cut reloads with different logits (max difference "
+                         f"{diff:.3g}); describe the family in prunescope/models/architectures.json")
+
+
 def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed: list[int], num_layers_before: int,
                 criterion: str | None = None, scores: dict | None = None, overwrite: bool = False) -> Path:
     """Write a pruned model to ``out`` atomically: safetensors weights, config, tokenizer with its chat
@@ -101,4 +124,7 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed:
         write_text(tmp / "README.md", model_card(meta))
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         write_text(tmp / "mergekit.yaml", mergekit_yaml(resolved, removed, num_layers_before, dtype, note))
+        from prunescope.models.architectures import get_architecture
+        if get_architecture(model).detected:
+            check_reloads_equal(model, tmp)
     return Path(out)
