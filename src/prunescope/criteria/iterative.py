@@ -154,8 +154,10 @@ def _accuracy_scorer(ctx: ScoringContext, tasks: list[str]) -> Callable[[object]
     """``fn(model) -> [accuracy per task]`` on each task's calibration items, scored the way
     ``prunescope eval`` scores them (greedy generation + the task's check; log-likelihood for
     multiple choice)."""
+    from prunescope.eval.engine import resolve_batch_size
     from prunescope.eval.runner import HFBackend, _run_generate, _run_multiple_choice
     from prunescope.tasks import get_task
+    batch_size = resolve_batch_size(ctx.model, "auto")  # once: every candidate runs the same items
     prepared = []
     for name in tasks:
         task = get_task(name)
@@ -171,7 +173,7 @@ def _accuracy_scorer(ctx: ScoringContext, tasks: list[str]) -> Callable[[object]
         out = []
         for task, items in prepared:
             run = _run_multiple_choice if task.kind == "multiple_choice" else _run_generate
-            flags, _, _ = run(task, items, HFBackend(model, ctx.tokenizer), ctx.tokenizer, batch_size="auto",
+            flags, _, _ = run(task, items, HFBackend(model, ctx.tokenizer), ctx.tokenizer, batch_size=batch_size,
                               chat=None, progress=False)
             out.append(sum(flags) / len(flags))
         return out
