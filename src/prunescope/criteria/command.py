@@ -36,7 +36,7 @@ class Config:
     greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
                                   help="greedy_task: generation accuracy on calibration items (the paper) or the "
                                        "answer's teacher-forced probability (a fast proxy)")
-    seed: int = field(0, help="random seed (random criterion, task items)")
+    seed: int = field(0, help="random seed (random criterion, calibration windows, task items)")
     dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
     device: str = field("auto", help="auto, cpu or cuda")
     overwrite: bool = field(False, help="replace an existing --out file")

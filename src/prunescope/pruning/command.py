@@ -34,7 +34,7 @@ class Config:
     angular_tokens: str = field("last", choices=["last", "all"], help="angular: last token (the paper) or all tokens")
     greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
                                   help="greedy_task: generation accuracy (the paper) or teacher-forced proxy")
-    seed: int = field(0, help="random seed for the criterion")
+    seed: int = field(0, help="random seed for the criterion (calibration windows, random order, task items)")
     dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
     device: str = field("auto", help="auto, cpu or cuda")
     overwrite: bool = field(False, help="replace a non-empty --out folder")
