@@ -76,15 +76,20 @@ def main() -> None:
     print(f"  median speedup {statistics.median(ratios):.2f}x; max |score diff| {max(diffs):.2e}; "
           f"identical order: {fast['order'] == naive['order']}")
 
-    print(f"\nsleb, {args.sleb_steps} steps, fast vs naive, {args.loss_tokens} calibration tokens:")
+    print(f"\nsleb, {args.sleb_steps} steps, fast vs naive, {args.loss_tokens} calibration tokens, "
+          f"{args.repeats} repeats:")
     kw["num_layers"] = args.sleb_steps
-    t_fast, fast = timed(lambda: compute_scores(model, tok, "sleb", **kw))
-    t_naive, naive = timed(lambda: compute_scores(model, tok, "sleb", fast=False, **kw))
-    diff = max(abs(a["objective"] - b["objective"]) for a, b in zip(fast["config"]["steps"], naive["config"]["steps"]))
-    print(f"  fast {t_fast:7.2f} s   naive {t_naive:7.2f} s   speedup {t_naive / t_fast:5.2f}x; "
-          f"same removals: {fast['order'][:args.sleb_steps] == naive['order'][:args.sleb_steps]} "
-          f"({fast['order'][:args.sleb_steps]}); max |objective diff| {diff:.2e}")
-
+    ratios, same = [], []
+    for _ in range(args.repeats):
+        t_fast, fast = timed(lambda: compute_scores(model, tok, "sleb", **kw))
+        t_naive, naive = timed(lambda: compute_scores(model, tok, "sleb", fast=False, **kw))
+        ratios.append(t_naive / t_fast)
+        same.append(fast["order"] == naive["order"])
+        diff = max(abs(a["objective"] - b["objective"])
+                   for a, b in zip(fast["config"]["steps"], naive["config"]["steps"]))
+        print(f"  fast {t_fast:7.2f} s   naive {t_naive:7.2f} s   speedup {t_naive / t_fast:5.2f}x; "
+              f"removals {fast['order'][:args.sleb_steps]}; max |objective diff| {diff:.2e}", flush=True)
+    print(f"  median speedup {statistics.median(ratios):.2f}x; identical orders: {all(same)}")
 
 if __name__ == "__main__":
     main()
