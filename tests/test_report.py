@@ -46,7 +46,8 @@ def make_run(root, *, with_optional: bool = True, n: int = 50):
               "limit": 50, "seed": 0, "recovery": {"methods": ["lora"], "ratios": [0.25]},
               "report": {"retention_target": 0.9}}
     _write(root / "study.json", {"name": "synthetic", "config": config, "num_layers": L, "started": "t0",
-                                 "finished": "t1", "seeds": {"study": 0}, "versions": {"prunescope": "0.1.0"}})
+                                 "finished": "t1", "seeds": {"study": 0}, "versions": {"prunescope": "0.1.0"},
+                                 "isolation": {"summary": "separate uid, seccomp; missing: landlock"}})
     _write(root / "baseline/metrics.json", _metrics(1.0, 1.0, n=n, folder=root / "baseline"))
     eff = {"num_layers": L, "parameters": {"total": 1000, "blocks": 800}, "memory": {"peak_bytes": 2 ** 20,
            "method": "test"}, "prefill_ms": 10.0, "decode_tokens_per_s": 100.0, "flops_per_token": {"total": 1.0},
@@ -194,6 +195,7 @@ def test_report_from_artifacts_alone(built):
     assert "the data cannot tell" in md
     assert "Recommended maximum pruning ratio" in md and "none qualifies" in md
     assert "Spearman" in md and "Provenance" in md
+    assert "model-written code ran in: separate uid, seccomp; missing: landlock" in md
     for fig in ("figures/retention.png", "figures/frontier.png"):
         assert f"]({fig})" in md
     # self-contained: every figure embedded, nothing linked

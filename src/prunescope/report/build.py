@@ -324,6 +324,8 @@ def _provenance(doc: Doc, art: dict) -> None:
         items.append("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     if info.get("host"):
         items.append("host: " + ", ".join(f"{k} {v}" for k, v in info["host"].items() if v is not None))
+    if isinstance(info.get("isolation"), dict):  # prunescope.sandbox.isolation(), when programs ran
+        items.append("model-written code ran in: " + info["isolation"].get("summary", "?"))
     doc.bullets(items)
     if art["config"]:
         doc.para("The study's configuration:")
