@@ -12,6 +12,7 @@ from prunescope.cli import main
 from prunescope.io import write_json
 from prunescope.recovery import RecoverConfig, recover
 from prunescope.recovery import data as recovery_data
+from prunescope.recovery import generation as recovery_generation
 from prunescope.recovery import loop as recovery_loop
 from prunescope.tasks.spec import TASKS, Item, Task
 
@@ -28,8 +29,11 @@ def _one_thread():
 
 
 def _items(n, seed, split):
+    """Calibration sums have a first operand of 5-9, evaluation ones only operands of 0-4: disjoint."""
     rng = torch.Generator().manual_seed(seed + (1000 if split == "calib" else 0))
-    pairs = torch.randint(0, 5, (n or 12, 2), generator=rng).tolist()
+    pairs = torch.randint(0, 5, (n or 12, 2), generator=rng)
+    pairs[:, 0] += 5 if split == "calib" else 0
+    pairs = pairs.tolist()
     return [Item(id=f"{split}{i}", prompt=f"{a}+{b}=", gold=str(a + b), target=str(a + b))
             for i, (a, b) in enumerate(pairs)]
 
@@ -68,8 +72,9 @@ def test_loss_goes_down(tmp_path, method, lr):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     assert summary["response_tokens"] > 0 and summary["tokens_seen"] > summary["response_tokens"]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    if method == "partial":  # only the last 2 blocks and lm_head (tied to the embedding here or not)
-        assert changed and all(n.startswith(("model.layers.2.", "model.layers.3.", "lm_head", "model.embed"))
+    if method == "partial":  # only the last 3 blocks and lm_head (tied to the embedding here or not)
+        assert changed and all(n.startswith(("model.layers.1.", "model.layers.2.", "model.layers.3.", "lm_head",
+                                              "model.embed"))
                                for n in changed)
         assert "model.layers.0.self_attn.q_proj.weight" not in changed
     else:  # lora is merged in place, so base weights changed too
@@ -147,20 +152,20 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 def test_self_generated_responses_are_filtered_and_cached(tmp_path, monkeypatch):
     calls = []
 
-    def stub_generate(model, tokenizer, prompts, *, max_new_tokens, stop, batch_size):
+    def stub_generate(model, tokenizer, prompts, *, max_new_tokens, stop, batch_size, **kw):
         calls.append(len(prompts))
         outs = []
         for text in prompts:  # right on even sums, wrong on odd ones
             a, b = text.rstrip("=").split("+")
             total = int(a) + int(b)
-            outs.append(str(total) if total % 2 == 0 else str(total + 1))
+            outs.append((str(total) if total % 2 == 0 else str(total + 1), False))
         return outs
 
-    monkeypatch.setattr(recovery_data, "generate", stub_generate)
+    monkeypatch.setattr(recovery_generation, "generate_responses", stub_generate)
     teacher = make_tiny_model("llama", layers=2, seed=1)
     out = tmp_path / "out"
     summary = recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher,
-                      config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=2), out=out)
+                      config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=2, filter_correct=True), out=out)
     rows = [json.loads(line) for line in (out / "self_generated.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and calls == [12]
     even = [r for r in rows if (eval(r["prompt"].rstrip("=")) % 2 == 0)]  # noqa: S307 (our own "a+b=" strings)
@@ -175,12 +180,12 @@ def test_self_generated_responses_are_filtered_and_cached(tmp_path, monkeypatch)
     assert json.loads((out / "recover.json").read_text())["data"]["examples"] == 12
     # another prompt set is another key: generated afresh
     recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher, overwrite=True,
-            config=_cfg(data="self", prompts=TASK, num_prompts=6, max_steps=1), out=out)
+            config=_cfg(data="self", prompts=TASK, num_prompts=6, max_steps=1, filter_correct=True), out=out)
     assert calls == [12, 6]
 
 
 def test_teacher_defaults_to_base_model_of_pruned_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(recovery_data, "generate", lambda m, t, prompts, **kw: ["7"] * len(prompts))
+    monkeypatch.setattr(recovery_generation, "generate_responses", lambda m, t, prompts, **kw: [("7", False)] * len(prompts))
     base = save_tiny(tmp_path / "base", "llama", layers=4)
     pruned = save_tiny(tmp_path / "pruned", "llama", layers=2)
     write_json(pruned / "prunescope.json", {"base_model": str(base), "removed_layers": [1, 2]})

@@ -74,11 +74,14 @@ def run(config: Config) -> int:
         model, tokenizer = _load_4bit(config.model)
     else:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
-    teacher = teacher_tokenizer = None
+    teacher = None
     if config.teacher:
-        teacher, teacher_tokenizer = load_model(config.teacher, dtype=config.dtype if not config.qlora else "bfloat16",
-                                                device=device)
-    summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=teacher_tokenizer,
+        # A loader, not a loaded model: recover loads the teacher for its own phase and frees it before
+        # the student trains (and never loads it when the response cache is complete).
+        def teacher():
+            return load_model(config.teacher, dtype=config.dtype if not config.qlora else "bfloat16", device=device)
+        teacher.prunescope_source = config.teacher
+    summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=None,
                       config=RecoverConfig.from_config(config), out=config.out, overwrite=config.overwrite,
                       resume=config.resume)
     print(f"recovered in {summary['steps']} steps: {summary['tokens_seen']:,} tokens "
