@@ -19,7 +19,8 @@ from prunescope.recovery.methods import prepare, restore_dtype
 log = logging.getLogger(__name__)
 
 SUMMARY = "recover.json"
-_RUN_FILES = {CHECKPOINT, TRAIN_LOG, CACHE_FILE, "adapter", "merged", SUMMARY}
+# "student": the saved cut a study loads in 4-bit for QLoRA, beside the run's own files.
+_RUN_FILES = {CHECKPOINT, TRAIN_LOG, CACHE_FILE, "adapter", "merged", SUMMARY, "student"}
 
 
 def _is_cache(name: str) -> bool:
@@ -184,6 +185,11 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
                   "label": "task-specific recovery" if kind == "task-specific" else "general recovery"}
     prompts = load_prompts(config.prompts, num=config.num_prompts, seed=config.seed, task_data=config.prompts_data,
                            disjoint_from=config.disjoint_from, stats=data_stats)
+    if config.data == "self" and config.max_steps:
+        # A short run trains on max_steps * (examples per step) examples: the teacher answers only those.
+        need = config.max_steps * config.batch_size * config.grad_accum * state.num_processes
+        if len(prompts) > need:
+            data_stats["prompts_available"], prompts = len(prompts), prompts[:need]
     # Every process answers its own share of the prompts; they meet once, after all have finished.
     barrier = state.wait_for_everyone if state.num_processes > 1 else None
     examples, data_stats = build_training_examples(prompts, tokenizer, config, out=out, teacher_name=teacher_name,
