@@ -577,3 +577,117 @@ def test_study_recovers_qlora_from_the_saved_cut(tmp_path, monkeypatch):
     assert meta["removed_layers"] == [1, 2]
     plain = StudyRun._recovery_student(stub, "reverse", 2, RecoverConfig(), tmp_path / "other")
     assert plain.config.num_hidden_layers == 2 and len(loaded) == 1
+
+
+_PEAK_SCRIPT = r"""
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from transformers import LlamaConfig, AutoModelForCausalLM
+from common import make_tokenizer, VOCAB
+from prunescope.recovery import RecoverConfig, recover
+config = LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+                     num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=128, bos_token_id=1,
+                     eos_token_id=2, pad_token_id=0)
+model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+recover(model, make_tokenizer(), config=RecoverConfig(method="full", data="dataset", prompts=sys.argv[2], max_steps=2,
+        batch_size=2, max_seq_len=64, save_every=0), out=sys.argv[3])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"weights": weights, "before": before, "peak": peak}))
+"""
+
+
+@pytest.mark.slow  # a fresh process and a 34M-parameter model: ~15 s on an idle machine
+def test_full_training_peak_memory_is_within_five_times_the_weights(tmp_path):
+    """``recover --method full`` on a 34M-parameter model (135 MB in float32), in a fresh process: the
+    resident set grows by at most 4x the weights during recovery (gradients 1x + AdamW's two moments 2x
+    + activations, checkpoint and export), so with the weights themselves the peak stays within 5x."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "peak.py"
+    script.write_text(_PEAK_SCRIPT)
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(recovery_data.__file__).parents[2])}
+    done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent),
+                           str(_pairs_file(tmp_path / "p.jsonl")), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads(done.stdout.strip().splitlines()[-1])
+    growth = (m["peak"] - m["before"]) / m["weights"]
+    print(f"full recovery: weights {m['weights'] / 2**20:.0f} MiB, RSS growth {growth:.2f}x the weights")
+    assert m["weights"] > 100 * 2 ** 20
+    assert growth <= 4.0, growth
+
+
+@pytest.mark.gpu
+def test_paper_recipe_on_a_1b_class_model(tmp_path, monkeypatch):
+    """The paper's recovery recipe end to end on one GPU: a 1B-class Llama (16 blocks of width 2048,
+    like Llama-3.2-1B; random weights, so it runs without the hub), 4 blocks cut, teacher sampling in its
+    own phase, QLoRA NF4 r=64 on all 7 projections with gradient checkpointing, merged checkpoint saved.
+    Checks: every stage finishes, the teacher is gone from the GPU before training, the loss is finite,
+    and peak GPU memory during training stays within 1.25x the bf16 weights of the cut (bf16 LoRA would
+    need 1x for the frozen weights alone; QLoRA keeps them in 4 bits). The vocabulary is the test's byte
+    tokenizer's, so the 0.97B parameters are all in the blocks."""
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from prunescope.models import load_model
+    from prunescope.pruning import drop_layers, save_pruned
+    from prunescope.recovery.loading import load_4bit
+    from prunescope.study.config import load_study_config
+    tok = make_tokenizer()
+    from common import VOCAB
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        base = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    cut = drop_layers(base, layers=[8, 9, 10, 11])
+    save_pruned(cut, tok, tmp_path / "cut", base=str(tmp_path / "base"), removed=[8, 9, 10, 11],
+                num_layers_before=16, criterion="manual", overwrite=True)
+    cut_bytes = sum(p.numel() * p.element_size() for p in cut.parameters())
+    del base, cut
+    student, student_tok = load_4bit(str(tmp_path / "cut"), device="cuda")
+    assert student.is_loaded_in_4bit
+
+    teacher_loaded = []
+
+    def teacher():
+        teacher_loaded.append(True)
+        return load_model(str(tmp_path / "base"), dtype="bfloat16", device="cuda")
+    teacher.prunescope_source = str(tmp_path / "base")
+
+    import prunescope.recovery.loop as loop
+    real_train, during = loop.train, {}
+
+    def spy(model, tokenizer, examples, **kw):
+        torch.cuda.synchronize()
+        during["allocated_before_training"] = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = real_train(model, tokenizer, examples, **kw)
+        during["peak"] = torch.cuda.max_memory_allocated()
+        during["checkpointing"] = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        return out
+    import prunescope.recovery.api as api
+    monkeypatch.setattr(api, "train", spy)
+    settings = dict(load_study_config("paper").recovery.settings)
+    settings.update(num_prompts=32, gen_max_new_tokens=64, max_steps=4, batch_size=4, grad_accum=2,
+                    max_seq_len=512, warmup_steps=2)
+    summary = recover(student, student_tok, teacher=teacher, config=RecoverConfig(method="lora", **settings),
+                      out=tmp_path / "out")
+    assert teacher_loaded == [True]
+    # the student (4-bit, about a third of the bf16 bytes) and its adapters: no 2.4 GB bf16 teacher left
+    assert during["allocated_before_training"] < 0.6 * cut_bytes, during
+    assert during["checkpointing"]
+    assert during["peak"] < 1.25 * cut_bytes, (during["peak"], cut_bytes)
+    assert summary["steps"] == 4 and summary["final_loss"] == summary["final_loss"]
+    assert summary["data"]["decoding"] == {"mode": "sample", "temperature": 0.9, "top_p": 0.95}
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.bfloat16)
+    assert merged.config.num_hidden_layers == 12
