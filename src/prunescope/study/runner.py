@@ -226,7 +226,6 @@ class StudyRun:
         del pruned
 
     def run_recovery(self, criterion: str, ratio: float, k: int, method: str, rdir: Path) -> None:
-        from prunescope.pruning import drop_layers
         cfg, plan = self.config, self.config.recovery
         settings = dict(plan.settings)
         settings.setdefault("seed", cfg.seed)
@@ -240,7 +239,7 @@ class StudyRun:
                 # teacher responses depend only on the base model and the prompts: generate them once
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, rdir / shared.name)
-            student = drop_layers(copy.deepcopy(self.model), layers=self.removed_layers(criterion, k))
+            student = self._recovery_student(criterion, k, rconfig, rdir)
             self.stages.recover(student, self.tokenizer, teacher=self.model, teacher_tokenizer=self.tokenizer,
                                 config=rconfig, out=rdir, overwrite=False, resume=True)
             del student
@@ -252,8 +251,21 @@ class StudyRun:
                       **self.eval_kwargs(baseline=True))
         del recovered
         if not plan.keep_merged:  # only after metrics.json exists, so a kill here loses nothing
-            for name in ("merged", "checkpoint"):
+            for name in ("merged", "checkpoint", "student"):
                 shutil.rmtree(rdir / name, ignore_errors=True)
+
+    def _recovery_student(self, criterion: str, k: int, rconfig, rdir: Path):
+        """The cut to recover: a copy of the base with the layers dropped or, for QLoRA, the cut saved to
+        ``rdir/student`` and loaded back in 4-bit NF4 (the merge reloads it at 16 bits)."""
+        from prunescope.pruning import drop_layers
+        removed = self.removed_layers(criterion, k)
+        if not getattr(rconfig, "qlora", False):
+            return drop_layers(copy.deepcopy(self.model), layers=removed)
+        from prunescope.models import get_layers
+        from prunescope.recovery.loading import load_4bit
+        if not (rdir / "student" / "config.json").is_file():
+            self._save_checkpoint(criterion, removed, len(get_layers(self.model)), rdir / "student")
+        return load_4bit(str(rdir / "student"))[0]
 
     def _efficiency(self, **extra) -> dict:
         e = self.config.efficiency
