@@ -64,6 +64,8 @@ def naive_greedy(model, tok, prompt, max_new_tokens, stop):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shared_prefix_scores_equal_full_forward(arch, tok):
     model = tiny(arch)
+    # Both batch layouts are exercised: hole-free rows for windowed attention, two passes otherwise.
+    assert prefix.windowed_attention(model) == (arch in ("qwen2_sliding", "gemma2"))
     items = [(SHOTS + q, CHOICES) for q in QUESTIONS]
     clusters = prefix.find_clusters([engine.encode(tok, c) for c, _ in items])
     assert len(clusters[0].prefix) > 40 and len(clusters[0].members) == len(items)  # the shots are shared

@@ -134,10 +134,13 @@ def _score_cluster(model, groups, cluster: shared.Cluster, group_scores, pad: in
     prefix_cache = None if plain else shared.run_prefix(model, cluster.prefix)
     p = len(cluster.prefix)
     members = sorted(cluster.members, key=lambda g: -(len(groups[g][0]) + max(map(len, groups[g][1]))))
+    # Full attention tolerates padding between a row's real tokens, so contexts run whole in one pass;
+    # windowed attention needs rows without holes.
+    score_batch = shared.score_batch if shared.windowed_attention(model) else shared.score_batch_two_pass
 
     def run(batch: list[int]) -> None:
         chunk = [groups[g] for g in batch]
-        scored = _score_groups(model, chunk, pad) if plain else shared.score_batch(model, prefix_cache, p, chunk, pad)
+        scored = _score_groups(model, chunk, pad) if plain else score_batch(model, prefix_cache, p, chunk, pad)
         for g, s in zip(batch, scored):
             group_scores[g] = s
 

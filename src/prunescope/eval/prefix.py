@@ -239,3 +239,58 @@ def generate_batch(model, tokenizer, prefix_cache, prefix_len: int, suffixes: li
                       cache=cache, use_cache=True)
         length += 1
         next_tok = out.logits[:, -1].argmax(-1)
+
+
+def windowed_attention(model) -> bool:
+    """Whether some layer attends to a window (sliding or chunked) rather than the whole past; then
+    rows must not hold padding between real tokens. Unknown layer types count as windowed."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return any(t != "full_attention" for t in types)
+    if getattr(cfg, "attention_chunk_size", None):
+        return True
+    return bool(getattr(cfg, "sliding_window", None)) and getattr(cfg, "use_sliding_window", True) is not False
+
+
+@torch.inference_mode()
+def score_batch_two_pass(model, prefix_cache, prefix_len: int, groups: list[tuple[list[int], list[list[int]]]],
+                         pad: int) -> list[list[float]]:
+    """``score_batch`` for models whose every layer attends to the whole past, in two passes: each
+    group's whole suffix (right padded; its last real token scores every first continuation token),
+    then the continuation tokens after the first, one row per continuation. The second pass's rows
+    have a hole (the first pass's padding), which the attention mask hides and explicit positions
+    skip; that is exact for full attention, not for windowed attention (``windowed_attention``)."""
+    from prunescope.eval.forward import cache_of, forward, model_device, right_pad
+
+    device = model_device(model)
+    sufs = [ctx[prefix_len:] for ctx, _ in groups]
+    lens = torch.tensor([len(s) for s in sufs], device=device)
+    cache = expand_cache(prefix_cache, len(groups)) if prefix_cache is not None else None
+    ids, mask = right_pad(sufs, pad, device)
+    width = ids.shape[1]
+    full_mask = torch.cat([mask.new_ones((len(groups), prefix_len)), mask], dim=1)
+    keep = width - int(lens.min()) + 1
+    out = forward(model, input_ids=ids, attention_mask=full_mask,
+                  position_ids=_arange_rows(prefix_len, width, len(groups), device), cache=cache,
+                  use_cache=any(len(c) > 1 for _, conts in groups for c in conts), logits_to_keep=keep)
+    last = out.logits[:, -keep:].float()[torch.arange(len(groups), device=device), lens - 1 - (width - keep)]
+    first_logp = torch.log_softmax(last, dim=-1)  # (groups, vocab)
+    scores = [[first_logp[g, c[0]].item() for c in conts] for g, (_, conts) in enumerate(groups)]
+    longer = [(g, j, c) for g, (_, conts) in enumerate(groups) for j, c in enumerate(conts) if len(c) > 1]
+    if not longer:
+        return scores
+    cache = cache_of(out)
+    owner = torch.tensor([g for g, _, _ in longer], device=device)
+    cache.batch_select_indices(owner)
+    ids2, mask2 = right_pad([c[:-1] for _, _, c in longer], pad, device)
+    w2 = ids2.shape[1]
+    pos = prefix_len + lens[owner][:, None] + torch.arange(w2, device=device)[None]
+    out = forward(model, input_ids=ids2, attention_mask=torch.cat([full_mask[owner], mask2], dim=1), position_ids=pos,
+                  cache=cache, use_cache=True)
+    logp = torch.log_softmax(out.logits[:, -w2:].float(), dim=-1)
+    tgt, _ = right_pad([c[1:] for _, _, c in longer], 0, device)
+    picked = (logp.gather(-1, tgt[..., None])[..., 0] * mask2).sum(-1).tolist()
+    for (g, j, _), s in zip(longer, picked):
+        scores[g][j] += s
+    return scores
