@@ -214,7 +214,8 @@ def test_calibration_loss_is_token_weighted_hf_loss(model, tok, fast):
 # --------------------------------------------------------------------------- ratio -> layer count
 
 @pytest.mark.parametrize("ratio,total,count", [
-    (0.3, 30, 9),      # 0.3 * 30 = 8.999999999999998 in floating point
+    (0.3, 30, 9),
+    (0.29, 100, 29),   # 0.29 * 100 = 28.999999999999996 in floating point
     (0.25, 6, 2),      # 1.5 -> 2
     (0.3, 6, 2),       # 1.8 -> 2 (floor would give 1)
     (0.2, 6, 1),       # 1.2 -> 1
@@ -229,8 +230,10 @@ def test_count_for_ratio_rounds_to_nearest(ratio, total, count):
     assert count_for_ratio(ratio, total) == count
 
 
-@pytest.mark.parametrize("ratio,total,message", [(0.95, 6, "remove all 6"), (0.0, 6, "strictly between"),
-                                                 (1.0, 6, "strictly between"), (-0.1, 6, "strictly between")])
+@pytest.mark.parametrize("ratio,total,message", [(0.95, 6, "^--ratio 0.95 would remove all 6 layers"),
+                                                 (0.0, 6, "^--ratio 0.0 must be strictly between"),
+                                                 (1.0, 6, "^--ratio 1.0 must be strictly between"),
+                                                 (-0.1, 6, "^--ratio -0.1 must be strictly between")])
 def test_count_for_ratio_refuses(ratio, total, message):
     from prunescope.errors import UsageError
     from prunescope.pruning.selection import count_for_ratio
