@@ -239,3 +239,18 @@ def test_count_for_ratio_refuses(ratio, total, message):
     from prunescope.pruning.selection import count_for_ratio
     with pytest.raises(UsageError, match=message):
         count_for_ratio(ratio, total)
+
+
+def test_loss_defaults_are_plain_kl_and_an_even_mix():
+    """Defaults: temperature 1, the whole vocabulary, and mix = (kd + sft) / 2."""
+    from prunescope.recovery.losses import kd_loss_sum, recovery_loss_sum
+
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(1, 4, 6, generator=g), torch.randn(1, 4, 6, generator=g)
+    labels = torch.tensor([[-100, 2, 3, 4]])
+    kl = _hand_kl(student, teacher, labels, 1.0)
+    ce = -sum(torch.log_softmax(student[0, t], -1)[labels[0, t + 1]].item() for t in range(3))
+    assert kd_loss_sum(student, teacher, labels).item() == pytest.approx(kl, rel=1e-5)
+    assert recovery_loss_sum("kd", student, labels, teacher).item() == pytest.approx(kl, rel=1e-5)
+    assert recovery_loss_sum("mix", student, labels, teacher).item() == pytest.approx(0.5 * kl + 0.5 * ce, rel=1e-5)
+    assert recovery_loss_sum("sft", student, labels).item() == pytest.approx(ce, rel=1e-5)

@@ -10,7 +10,8 @@ from prunescope.pruning.selection import check_count, count_for_ratio, layers_fr
 
 
 @pytest.mark.parametrize("text,layers", [("3,5,7", [3, 5, 7]), ("3-5", [3, 4, 5]), (" 1 , 2 ,", [1, 2]),
-                                         ("0-1,4", [0, 1, 4]), ("7", [7]), ("5-5", [5])])
+                                         ("0-1,4", [0, 1, 4]), ("7", [7]), ("5-5", [5]), (",2", [2]),
+                                         ("2,,3", [2, 3])])
 def test_parse_layer_list(text, layers):
     assert parse_layer_list(text) == layers
 
@@ -31,6 +32,8 @@ def test_layers_from_order_takes_the_first_k_sorted():
         layers_from_order([5, 1], 3, 6)
     with pytest.raises(UsageError, match="^--num-layers 6 must be less than the model's 6 layers"):
         layers_from_order([0, 1, 2, 3, 4, 5], 6, 6)
+    with pytest.raises(UsageError, match="^-k 0 must be at least 1"):
+        layers_from_order([0, 1], 0, 6, flag="-k")
 
 
 def test_check_count_bounds():
@@ -45,7 +48,8 @@ def test_check_count_bounds():
 
 # Wilson 95% intervals worked out from the closed form (z = 1.96), as tabulated by Newcombe (1998).
 @pytest.mark.parametrize("correct,n,lo,hi", [(7, 10, 0.3968, 0.8922), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0),
-                                             (1, 2, 0.0945, 0.9055), (81, 263, 0.2553, 0.3662)])
+                                             (1, 2, 0.0945, 0.9055), (81, 263, 0.2553, 0.3662),
+                                             (0, 1, 0.0, 0.7935), (1, 1, 0.2065, 1.0)])
 def test_wilson_interval(correct, n, lo, hi):
     got = wilson_interval(correct, n)
     assert got == pytest.approx((lo, hi), abs=1e-4)
@@ -53,7 +57,8 @@ def test_wilson_interval(correct, n, lo, hi):
 
 def test_wilson_interval_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    # exactly 0 and 1 at the ends (the closed form leaves a residue of ~1e-17 at n = 3 and n = 10)
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     # z = 1: centre (0.5 + 1/200) / 1.01 = 0.5, half-width sqrt(0.0025 + 1/40000) / 1.01 = 0.049752
     assert wilson_interval(50, 100, z=1.0) == pytest.approx((0.450248, 0.549752), abs=1e-6)
 
@@ -78,9 +83,9 @@ def test_chance_normalised_and_retention():
 
 
 def test_add_retention_in_place():
-    tasks = {"a": {"accuracy": 0.4, "normalized": 0.2}, "b": {"accuracy": 0.5}, "c": {"accuracy": 0.9}}
-    add_retention(tasks, {"tasks": {"a": {"accuracy": 0.8, "normalized": 0.6}, "b": {"accuracy": 0.25},
-                                    "c": {"n": 3}}})
+    tasks = {"c": {"accuracy": 0.9}, "a": {"accuracy": 0.4, "normalized": 0.2}, "b": {"accuracy": 0.5}}
+    add_retention(tasks, {"tasks": {"a": {"accuracy": 0.8, "normalized": 0.6}, "c": {"n": 3},
+                                    "b": {"accuracy": 0.25, "normalized": 0.1}}})
     assert tasks["a"] == {"accuracy": 0.4, "normalized": 0.2, "baseline_accuracy": 0.8, "retention": 0.5,
                           "normalized_retention": pytest.approx(1 / 3)}
     assert tasks["b"] == {"accuracy": 0.5, "baseline_accuracy": 0.25, "retention": 2.0}
