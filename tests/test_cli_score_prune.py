@@ -183,4 +183,5 @@ def test_help_documents_every_config_field(capsys):
             words = "".join(f.metadata["help"].split())
             assert words in text, (verb, flag, words)
             if f.default not in (None, False, "", dataclasses.MISSING):
-                assert re.search(re.escape(words) + r"\(default:" + re.escape("".join(str(f.default).split())) + r"\)", text), flag
+                default = "".join(str(f.default).split())
+                assert re.search(re.escape(words) + r"\(default:" + re.escape(default) + r"\)", text), flag
