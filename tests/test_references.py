@@ -45,6 +45,42 @@ def test_loglikelihood_equals_lm_eval_hflm(model, tok):
     assert mc == pytest.approx(expected[:2], abs=1e-4)
 
 
+def _naive(model, ctx_ids, cont_ids):
+    """Sum log-prob of ``cont_ids`` after ``ctx_ids``: one plain forward, no cache, no batching."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ctx_ids + cont_ids]), use_cache=False).logits[0].float(), -1)
+    return sum(logp[len(ctx_ids) - 1 + j, t].item() for j, t in enumerate(cont_ids))
+
+
+def test_long_context_keeps_its_tail_and_the_whole_continuation(model, tok):
+    """Past the position table (128 here) the context loses its start; continuations are kept whole, and
+    every choice sees the same context: as much as fits beside the longest choice."""
+    ctx = "".join(str(i % 10) for i in range(300)) + " ="
+    choices = [" 47", " 4", ""]
+    ids = tok(ctx, add_special_tokens=False).input_ids
+    got = engine.score_choices(model, tok, [(ctx, choices)], batch_size=1)[0]
+    expected = [_naive(model, ids[-(128 - 3):], tok(c, add_special_tokens=False).input_ids) for c in choices[:2]]
+    assert got == pytest.approx(expected + [0.0], abs=1e-4)  # an empty continuation has log-probability 0
+    short = engine.score_choices(model, tok, [("12 =", ["", " 3"])])[0]  # default batch size
+    assert short == pytest.approx([0.0, _naive(model, tok("12 =").input_ids, tok(" 3").input_ids)], abs=1e-4)
+    assert engine.loglikelihood(model, tok, [("12 =", " 3")]) == pytest.approx(short[1:], abs=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="lm-eval truncates each request on its own and keeps one more context "
+                   "token (the last max_length + 1 tokens of context + continuation, minus the last)")
+def test_long_context_equals_lm_eval_hflm(model, tok):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    ctx = "".join(str(i % 10) for i in range(300)) + " ="
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=2, device="cpu")
+    instances = [Instance(request_type="loglikelihood", doc={}, arguments=(ctx, c), idx=i)
+                 for i, c in enumerate([" 47", " 4"])]
+    expected = [ll for ll, _ in lm.loglikelihood(instances, disable_tqdm=True)]
+    assert engine.loglikelihood(model, tok, [(ctx, " 47"), (ctx, " 4")], batch_size=2) == pytest.approx(expected, abs=1e-4)
+
+
 class _FixedScores:
     """A backend whose log-likelihoods are given by hand (per choice text)."""
 
