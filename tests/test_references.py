@@ -78,7 +78,8 @@ def test_long_context_equals_lm_eval_hflm(model, tok):
     instances = [Instance(request_type="loglikelihood", doc={}, arguments=(ctx, c), idx=i)
                  for i, c in enumerate([" 47", " 4"])]
     expected = [ll for ll, _ in lm.loglikelihood(instances, disable_tqdm=True)]
-    assert engine.loglikelihood(model, tok, [(ctx, " 47"), (ctx, " 4")], batch_size=2) == pytest.approx(expected, abs=1e-4)
+    got = engine.loglikelihood(model, tok, [(ctx, " 47"), (ctx, " 4")], batch_size=2)
+    assert got == pytest.approx(expected, abs=1e-4)
 
 
 class _FixedScores:
