@@ -187,8 +187,25 @@ def test_score_bad_input(tmp_path, tiny_model_dir, capsys):
         assert not out.exists()
 
 
-def test_help_lists_the_flags(capsys):
-    for verb, flag in (("score", "--criterion"), ("prune", "--ratio")):
+def test_help_documents_every_config_field(capsys):
+    """Every field of a verb's config is a flag in its --help, with the field's help text and its default."""
+    import dataclasses
+    import re
+
+    from prunescope.config import flag_name
+    from prunescope.criteria.command import Config as ScoreConfig
+    from prunescope.pruning.command import Config as PruneConfig
+
+    for verb, cls in (("score", ScoreConfig), ("prune", PruneConfig)):
         with pytest.raises(SystemExit) as exc:
             main([verb, "--help"])
-        assert exc.value.code == 0 and flag in capsys.readouterr().out
+        assert exc.value.code == 0
+        text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+        for f in dataclasses.fields(cls):
+            flag = flag_name(f)
+            assert (flag if flag.startswith("-") else flag.upper()) in text, (verb, flag)
+            words = "".join(f.metadata["help"].split())
+            assert words in text, (verb, flag, words)
+            if f.default not in (None, False, "", dataclasses.MISSING):
+                default = "".join(str(f.default).split())
+                assert re.search(re.escape(words) + r"\(default:" + re.escape(default) + r"\)", text), flag
