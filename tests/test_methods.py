@@ -221,3 +221,16 @@ def test_compress_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("prunescope: error:") and needle in err[-1], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme, bits", [("nf4", 4), ("int4", 4)])
+def test_quant_4bit_on_gpu_reduces_weight_memory(scheme, bits):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = make_tiny_model(layers=4, hidden=256).to(torch.bfloat16).cuda()
+    linear_w = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    result = compress(model, make_tokenizer(), "quant", settings={"scheme": scheme, "group_size": 64})
+    saved = result.record["weights_bytes_before"] - result.record["weights_bytes_after"]
+    # bf16 -> 4 bits saves 1.5 bytes per weight, less the scales (at most one per 64 weights, 4 bytes)
+    assert saved >= linear_w * (1.5 - 4 / 64), (saved, linear_w)

@@ -145,3 +145,37 @@ def speculative(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed
     return Compressed(model, {"reference": REFERENCE, "draft_removed_layers": removed,
                               "num_layers": num_layers(model), "draft_layers": num_layers(draft),
                               "scores": scores["scores"], "lossless": True}, draft=draft)
+
+
+def measure_speculative(model, draft, tokenizer, prompts: list[str], *, new_tokens: int = 32, repeats: int = 3,
+                        warmup: int = 1) -> dict:
+    """Decode speed of assisted generation against plain greedy ``generate`` on the same prompts, both through
+    ``generate`` so the harness is the same: median tokens/s over ``repeats`` rounds (after ``warmup``), the
+    acceptance rate, and whether every assisted output equals the plain one."""
+    import statistics
+
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, return_tensors="pt").input_ids.to(device) for p in prompts]
+    rates = {False: [], True: []}
+    accepted = proposed = 0
+    identical = True
+    for r in range(warmup + repeats):
+        for assisted in (False, True):
+            seconds, outs = 0.0, []
+            for ids in encoded:
+                out, stats = generate_both(model, draft, ids, max_new_tokens=new_tokens, assisted=assisted)
+                seconds += stats["seconds"]
+                outs.append(out[0].tolist())
+                if assisted and r >= warmup:
+                    accepted += out.shape[1] - stats["target_calls"]
+                    proposed += stats["draft_calls"]
+            if r >= warmup:
+                rates[assisted].append(sum(len(o) for o in outs) / seconds)
+            if assisted:
+                identical &= outs == plain_outs
+            else:
+                plain_outs = outs
+    plain, spec = statistics.median(rates[False]), statistics.median(rates[True])
+    return {"plain_tokens_per_s": plain, "assisted_tokens_per_s": spec, "decode_speedup": spec / plain,
+            "acceptance_rate": accepted / proposed if proposed else None, "identical": identical,
+            "prompts": len(prompts), "new_tokens": new_tokens, "repeats": repeats}
