@@ -19,7 +19,7 @@ def task():
 
 
 def test_spec_and_items(task):
-    assert task.kind == "generate" and task.chance == 0.0 and not task.use_chat_template
+    assert task.kind == "generate" and task.chance is None and not task.use_chat_template
     assert "\ndef " in task.stop and "\nif __name__" in task.stop and task.max_new_tokens >= 256
     items = task.items()
     assert len(items) == 164 and items[0].id == "HumanEval/0" and items[-1].id == "HumanEval/163"

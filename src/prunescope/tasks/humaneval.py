@@ -185,7 +185,7 @@ def extra_metrics(items: list[Item], outputs: list[str]) -> dict[str, Any]:
 
 @register_task("humaneval")
 def humaneval() -> Task:
-    return Task(name="humaneval", kind="generate", family="humaneval", chance=0.0, make_items=make_items,
+    return Task(name="humaneval", kind="generate", family="humaneval", make_items=make_items,
                 description="HumanEval: complete a Python function; passes when its unit tests run clean "
                             "in the sandbox (pass@1, failure classes)",
                 use_chat_template=False, stop=list(STOP), max_new_tokens=MAX_NEW_TOKENS, check=check,
@@ -194,7 +194,7 @@ def humaneval() -> Task:
 
 @register_task("humaneval_chat")
 def humaneval_chat() -> Task:
-    return Task(name="humaneval_chat", kind="generate", family="humaneval", chance=0.0,
+    return Task(name="humaneval_chat", kind="generate", family="humaneval",
                 make_items=functools.partial(make_items, chat=True),
                 description="HumanEval for instruct models: asked through the chat template for the whole "
                             "function in a code block (pass@1, failure classes)",
