@@ -145,17 +145,23 @@ def hostile_programs(w: dict) -> dict[str, tuple[str, str]]:
     }
 
 
-def sandbox_processes() -> list[int]:
-    """Pids of every process that carries a sandbox run's marker."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if MARKER in Path(f"/proc/{entry}/environ").read_bytes():
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+def sandbox_processes(grace: float = 3.0) -> list[str]:
+    """Every live process that carries a sandbox run's marker, with its state, once those killed
+    a moment ago had ``grace`` seconds to finish dying."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if MARKER in Path(f"/proc/{entry}/environ").read_bytes():
+                        state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                        found.append(f"{entry} ({state}, uid {os.stat(f'/proc/{entry}').st_uid})")
+                except (OSError, IndexError):
+                    pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def snapshot(path: str) -> dict:
