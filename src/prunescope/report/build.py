@@ -148,7 +148,7 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     _intro(doc, art, target)
     _unfinished(doc, art)
     doc.heading("How to read this", 3)
-    doc.para(HOW_TO_READ)
+    doc.para(HOW_TO_READ + (HOW_TO_READ_ABLATION if art["ablation"] else ""))
     doc.heading("Findings")
     doc.bullets(findings(rows, criteria=criteria, ratios=art["ratios"], methods=methods, num_layers=L, target=target,
                          efficiency=efficiency, agreement=agree, ablation=art["ablation"]))
@@ -187,8 +187,8 @@ HOW_TO_READ = (
     "the pruned model answered the same items, so each resample draws items once for both, and the interval "
     "includes the base model's own uncertainty. The gap is classification minus generation mean adjusted "
     "retention in one cell; a cell is called 'generation kept less' or 'classification kept less' only when "
-    "the gap's interval excludes 0, otherwise 'not distinguishable'. The same rule names a layer as critical "
-    "in the single-layer ablation.")
+    "the gap's interval excludes 0, otherwise 'not distinguishable'.")
+HOW_TO_READ_ABLATION = " The same rule names a layer as critical in the single-layer ablation."
 
 
 def _unfinished(doc: Doc, art: dict) -> None:

@@ -405,7 +405,9 @@ class StudyRun:
         """run.json: command line, config, versions, host, isolation, timings per step (kept across resumes)."""
         path = self.out / "run.json"
         old = read_json(path) if path.is_file() else {}
-        trail = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "config": info["config"],
+        program = Path(sys.argv[0]).name
+        program = "prunescope" if program in ("__main__.py", "-m", "-c", "") else program  # python -m prunescope
+        trail = {"command": [program, *sys.argv[1:]], "config": info["config"],
                  "versions": info["versions"], "host": info["host"], "started": info["started"],
                  "resumed": info.get("resumed", []), "finished": None, "seconds": info.get("seconds"),
                  "isolation": old.get("isolation"), "log": "study.log", "steps": old.get("steps", {})}
