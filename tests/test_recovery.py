@@ -165,7 +165,8 @@ def test_self_generated_responses_are_filtered_and_cached(tmp_path, monkeypatch)
     teacher = make_tiny_model("llama", layers=2, seed=1)
     out = tmp_path / "out"
     summary = recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher,
-                      config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=2, filter_correct=True), out=out)
+                      config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=2, batch_size=6,
+                                  filter_correct=True), out=out)
     rows = [json.loads(line) for line in (out / "self_generated.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and calls == [12]
     even = [r for r in rows if (eval(r["prompt"].rstrip("=")) % 2 == 0)]  # noqa: S307 (our own "a+b=" strings)
@@ -175,13 +176,19 @@ def test_self_generated_responses_are_filtered_and_cached(tmp_path, monkeypatch)
 
     # same key: the cache is reused without generating; --no-filter-correct keeps all 12
     recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher, overwrite=True,
-            config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=1, filter_correct=False), out=out)
+            config=_cfg(data="self", prompts=TASK, num_prompts=12, max_steps=2, batch_size=6, filter_correct=False),
+            out=out)
     assert calls == [12]
     assert json.loads((out / "recover.json").read_text())["data"]["examples"] == 12
     # another prompt set is another key: generated afresh
     recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher, overwrite=True,
-            config=_cfg(data="self", prompts=TASK, num_prompts=6, max_steps=1, filter_correct=True), out=out)
+            config=_cfg(data="self", prompts=TASK, num_prompts=6, max_steps=1, batch_size=6, filter_correct=True), out=out)
     assert calls == [12, 6]
+    # a short run asks the teacher only for what it trains on: 1 step x 4 examples
+    recover(make_tiny_model("llama", layers=2), make_tokenizer(), teacher=teacher, overwrite=True,
+            config=_cfg(data="self", prompts=TASK, num_prompts=10, max_steps=1, batch_size=4), out=out)
+    assert calls == [12, 6, 4]
+    assert json.loads((out / "recover.json").read_text())["data"]["prompts_available"] == 10
 
 
 def test_teacher_defaults_to_base_model_of_pruned_folder(tmp_path, monkeypatch):
