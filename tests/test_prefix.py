@@ -159,3 +159,9 @@ def test_auto_batch_size_changes_between_batches_without_changing_scores(tok):
     outs = engine.generate(model, tok, [c for c, _ in items[:12]], max_new_tokens=3, batch_size="auto")
     assert outs == engine.generate(model, tok, [c for c, _ in items[:12]], max_new_tokens=3, batch_size=12,
                                    share_prefix=False)
+
+
+def test_empty_prompt_starts_from_bos(tok):
+    model = make_tiny_model("llama", layers=2, hidden=32, seed=8)
+    got = engine.generate(model, tok, ["", SHOTS + "Q: 1"], max_new_tokens=3)
+    assert got[0] == naive_greedy(model, tok, tok.bos_token, 3, [])

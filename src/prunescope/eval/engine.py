@@ -302,7 +302,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     continue from its KV cache without padding (``prunescope.eval.prefix``); otherwise batches are
     left padded. Either way a finished sequence leaves its batch."""
     stop = list(stop or [])
-    encoded = [encode(tokenizer, p) for p in prompts]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode(tokenizer, p) or [start] for p in prompts]  # an empty prompt starts from BOS, as in scoring
     max_len = _max_length(model)
     if max_len:
         encoded = [e[-(max_len - max_new_tokens):] if len(e) + max_new_tokens > max_len else e for e in encoded]
