@@ -99,7 +99,8 @@ def main() -> None:
           f"{len(items[0].choices)} choices, shared prefix {len(tok(shared)['input_ids'])} tokens, "
           f"batch size {args.batch_size}, dtype {next(model.parameters()).dtype}, {torch.get_num_threads()} torch threads, "
           f"median of {args.repeats}")
-    print("seconds per run: " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()))
+    print("seconds per run: " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v)
+                                          for k, v in times.items()))
     print(f"load average during runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     print(f"prunescope: {rate['prunescope']:.2f} items/s   lm-eval HFLM: {rate['lm-eval']:.2f} items/s")
     print(f"ratio: {ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")

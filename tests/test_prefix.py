@@ -147,3 +147,21 @@ def test_auto_batch_size_on_cpu_doubles_while_throughput_grows():
     assert again.settled and again.size == 32  # remembered for the next call
     fixed = BatchSizer(model, 5, kind="test-doubling", gpu_estimate=lambda: 99)
     assert fixed.size == 5 and fixed.settled
+
+
+def test_auto_batch_size_changes_between_batches_without_changing_scores(tok):
+    """``auto`` on a CPU starts at 4 and doubles between batches; every batch reuses one prefix cache."""
+    model = make_tiny_model("llama", layers=2, hidden=32, seed=7)
+    items = [(SHOTS + f"Q: {i} + {i % 7} = ?\nA:", CHOICES) for i in range(40)]
+    auto = engine.score_choices(model, tok, items, batch_size="auto")
+    fixed = engine.score_choices(model, tok, items, batch_size=40, share_prefix=False)
+    assert sum(auto, []) == pytest.approx(sum(fixed, []), abs=1e-4)
+    outs = engine.generate(model, tok, [c for c, _ in items[:12]], max_new_tokens=3, batch_size="auto")
+    assert outs == engine.generate(model, tok, [c for c, _ in items[:12]], max_new_tokens=3, batch_size=12,
+                                   share_prefix=False)
+
+
+def test_empty_prompt_starts_from_bos(tok):
+    model = make_tiny_model("llama", layers=2, hidden=32, seed=8)
+    got = engine.generate(model, tok, ["", SHOTS + "Q: 1"], max_new_tokens=3)
+    assert got[0] == naive_greedy(model, tok, tok.bos_token, 3, [])

@@ -18,7 +18,7 @@ import torch
 
 CPU_BATCH = 16
 CPU_START = 4
-CPU_MAX = 128
+CPU_MAX = 64  # each context's KV cache is copied per choice: bound the memory that takes
 
 _chosen: dict[tuple, int] = {}
 
@@ -26,7 +26,8 @@ _chosen: dict[tuple, int] = {}
 def _key(model, kind: str) -> tuple:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
-    return kind, type(model).__name__, params, next(model.parameters()).device.type, getattr(cfg, "num_hidden_layers", 0)
+    device = next(model.parameters()).device.type
+    return kind, type(model).__name__, params, device, getattr(cfg, "num_hidden_layers", 0)
 
 
 class BatchSizer:

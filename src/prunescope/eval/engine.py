@@ -1,14 +1,23 @@
 """The evaluation engine: batched log-likelihood and batched greedy generation on an in-memory model.
 
-Log-likelihood (classification-style scoring): requests are grouped by context, groups are sorted by
-length and packed ``batch_size`` contexts per forward pass. Each context is encoded once
-(left padded, so the last position of every row is a real token whose logits give the first
-continuation token); its KV cache is then expanded over that context's choices and only the
-continuation tokens are run. A 4-way multiple choice item thus costs one context pass instead of four.
+Shared prefix: the contexts of a task mostly repeat one few-shot block. The engine finds the longest
+token prefix a group of contexts shares (``prunescope.eval.prefix``: split on the token ids of each
+full context, so tokenization is exactly the full context's; a context whose tokens leave the prefix
+early, e.g. a merge across the boundary, runs in another group or without a prefix), runs it once,
+and continues every batch from its KV cache, expanded over the batch as views.
 
-Generation: greedy decoding with a KV cache, prompts sorted by length and left padded, stop strings
-checked on the decoded text, and per-sequence early exit: a finished sequence leaves the batch (its
-rows are dropped from the cache), so the remaining ones run on a smaller batch.
+Log-likelihood (classification-style scoring): requests are grouped by context, sorted by length and
+packed ``batch_size`` contexts per forward pass; each context's suffix runs once and its KV cache is
+then expanded over that context's choices, so a 4-way item costs one context pass plus its choices'
+tokens. Scores equal a plain full forward of context + continuation (tested on four architectures).
+
+Generation: greedy decoding with a KV cache, prompts sorted by length; stop strings checked on the
+decoded text, and per-sequence early exit: a finished sequence leaves the batch (its rows are dropped
+from the cache), so the remaining ones run on a smaller batch. Without a shared prefix (or with
+``share_prefix=False``) batches are left padded.
+
+``batch_size="auto"``: see ``prunescope.eval.batching`` (largest that fits on a GPU, best measured
+throughput on a CPU).
 
 Tokenization follows lm-evaluation-harness: the tokenizer's own special tokens (a BOS where the model
 expects one) unless the text already starts with BOS (a rendered chat template); trailing whitespace
@@ -293,7 +302,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     continue from its KV cache without padding (``prunescope.eval.prefix``); otherwise batches are
     left padded. Either way a finished sequence leaves its batch."""
     stop = list(stop or [])
-    encoded = [encode(tokenizer, p) for p in prompts]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode(tokenizer, p) or [start] for p in prompts]  # an empty prompt starts from BOS, as in scoring
     max_len = _max_length(model)
     if max_len:
         encoded = [e[-(max_len - max_new_tokens):] if len(e) + max_new_tokens > max_len else e for e in encoded]

@@ -46,15 +46,19 @@ def _best_split(seqs: list[Sequence[int]], pool: list[int]) -> tuple[int, list[i
     best = (0, [], 0)
     for r in refs:
         # Every member keeps at least one token of its own: its last token's logits are needed.
-        lcps = {i: min(_lcp(seqs[r], seqs[i]), len(seqs[i]) - 1) for i in pool}
-        for length in sorted(set(lcps.values()), reverse=True):
+        lcps = sorted(((min(_lcp(seqs[r], seqs[i]), len(seqs[i]) - 1), i) for i in pool), reverse=True)
+        for count, (length, _) in enumerate(lcps, start=1):  # the ``count`` longest share ``length`` tokens
             if length <= 0:
                 break
-            members = [i for i in pool if lcps[i] >= length]
-            saved = (len(members) - 1) * length
-            if saved > best[0]:
-                best = (saved, members, length)
-    return best
+            if (count - 1) * length > best[0]:
+                best = ((count - 1) * length, count, length, r, lcps)
+    if not best[1]:
+        return 0, [], 0
+    saved, count, length, _, lcps = best
+    return saved, [i for lcp, i in lcps if lcp >= length], length
+
+
+MAX_CLUSTERS = 16
 
 
 def find_clusters(seqs: list[Sequence[int]], *, min_saved: int = 16) -> list[Cluster]:
@@ -64,7 +68,7 @@ def find_clusters(seqs: list[Sequence[int]], *, min_saved: int = 16) -> list[Clu
     empty prefix."""
     pool = list(range(len(seqs)))
     clusters: list[Cluster] = []
-    while len(pool) >= 2:
+    while len(pool) >= 2 and len(clusters) < MAX_CLUSTERS:
         saved, members, length = _best_split(seqs, pool)
         if saved < min_saved:
             break
