@@ -10,7 +10,8 @@ from prunescope.eval import engine
 from prunescope.eval.degeneration import degeneration
 from prunescope.eval.metrics import add_retention, proportion, summarise, wilson_interval, chance_normalised
 from prunescope.tasks import Task, get_task
-from prunescope.tasks.chance import adds_bos, chance_of
+from prunescope.tasks.chance import chance_of
+from prunescope.tasks.spec import adds_bos
 
 
 def _model_name(model) -> str:
@@ -93,7 +94,7 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, see
             raise UsageError(f"task {task.name} has no evaluation items")
         if task.kind == "multiple_choice" and tokenizer is not None:
             from prunescope.tasks.rules import token_prefix_problems
-            problems = token_prefix_problems(task, items, tokenizer)
+            problems = token_prefix_problems(task, items, tokenizer, chat=chat)
             if problems:
                 raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
         run = _run_multiple_choice if task.kind == "multiple_choice" else _run_generate

@@ -57,14 +57,14 @@ def validate_items(task, items) -> None:
             raise UsageError(f"task {task.name}, item {item.id}: {problem}")
 
 
-def token_prefix_problems(task, items, tokenizer) -> list[str]:
+def token_prefix_problems(task, items, tokenizer, *, chat: bool | None = None) -> list[str]:
     """One message per item in which a choice's continuation tokens (as the engine splits them from the
     rendered context) are a prefix of another choice's."""
     from prunescope.eval.engine import encode_pair
 
     problems = []
     for item in items:
-        context = task.render(item, tokenizer)
+        context = task.render(item, tokenizer, chat=chat)
         conts = [encode_pair(tokenizer, context, c)[1] for c in item.choices]
         pair = _prefix_pair(conts)
         if pair:

@@ -87,6 +87,17 @@ class Task:
         return item.prompt
 
 
+def adds_bos(tokenizer) -> bool | None:
+    """Whether ``tokenizer`` puts a BOS token before a plain text (None without a tokenizer). Built-in
+    probes (prunescope's engine) and lm-eval tasks (its HF backend with ``add_bos_token`` unset) both
+    encode with the tokenizer's own special tokens, so this one flag describes both; it is recorded as
+    ``bos`` in metrics.json."""
+    if tokenizer is None or getattr(tokenizer, "bos_token_id", None) is None:
+        return None if tokenizer is None else False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 TASKS: Registry[Callable[[], Task]] = Registry("task")
 
 
