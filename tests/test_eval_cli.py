@@ -56,10 +56,13 @@ def test_evaluate_writes_metrics_and_samples(tiny, tmp_path):
     assert on_disk["model"] == "tiny" and on_disk["seed"] == 1
     gen, mc = on_disk["tasks"]["arith_add_1d_gen"], on_disk["tasks"]["arith_add_2d_mc"]
     assert gen["kind"] == "generate" and gen["n"] == 6 and "degeneration" in gen
-    assert mc["kind"] == "multiple_choice" and mc["chance"] == 0.25 and mc["n"] == 6
+    assert mc["kind"] == "multiple_choice" and mc["n"] == 6
+    # chance from these 6 items: gold positions are balanced per block of 4, so one position holds 2 of 6
+    assert mc["chance"] >= 2 / 6 and mc["chance_strategy"] in ("same position", "same answer")
+    assert mc["bos"] is False and mc["pair"]  # the byte tokenizer adds no special tokens == {"task": "arith_add_2d_gen", "matched": True}
     lo, hi = mc["ci95"]
     assert lo <= mc["accuracy"] <= hi
-    assert mc["normalized"] == pytest.approx((mc["accuracy"] - 0.25) / 0.75)
+    assert mc["normalized"] == pytest.approx((mc["accuracy"] - mc["chance"]) / (1 - mc["chance"]))
     rows = [json.loads(line) for line in (out.parent / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 18
     mc_rows = [r for r in rows if r["task"] == "arith_add_2d_mc"]
@@ -117,7 +120,8 @@ def test_cli_eval_prints_table_and_writes_files(model_dir, tmp_path, capsys):
 def test_cli_tasks_lists_kind_and_chance(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "arith_mixed_first_digit" in out and "0.10" in out and "multiple_choice" in out
+    assert "arith_mixed_first_digit" in out and "same position" in out and "multiple_choice" in out
+    assert "gsm8k_mc (not matched)" in out
 
 
 def _error(capsys) -> str:

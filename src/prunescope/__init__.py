@@ -22,6 +22,7 @@ _API = {
     "skip_layers": "prunescope.pruning",
     "save_pruned": "prunescope.pruning",
     "score_layers": "prunescope.criteria",
+    "compress": "prunescope.methods",
     "evaluate": "prunescope.eval",
     "recover": "prunescope.recovery",
     "run_study": "prunescope.study",

@@ -16,6 +16,7 @@ from prunescope.errors import UsageError
 VERBS: dict[str, str] = {
     "score": "prunescope.criteria.command",
     "prune": "prunescope.pruning.command",
+    "compress": "prunescope.methods.command",
     "eval": "prunescope.eval.command",
     "tasks": "prunescope.tasks.command",
     "recover": "prunescope.recovery.command",

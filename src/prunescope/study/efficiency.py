@@ -50,6 +50,28 @@ def parameter_counts(model) -> dict[str, int]:
             "other": total - block_params - embed - head, "per_block": block_params // max(1, len(blocks))}
 
 
+def tensor_bytes(t, seen: set | None = None) -> int:
+    """Bytes a tensor holds in memory. A quantized weight (a tensor subclass such as torchao's Int8Tensor)
+    is counted by the tensors it is made of (data, scales, zero points), since its own ``element_size``
+    reports the dtype it computes in; a tensor seen twice (tied weights) counts once."""
+    seen = set() if seen is None else seen
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is not None and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names = flatten()[0]
+        return sum(tensor_bytes(getattr(t, n), seen) for n in names if isinstance(getattr(t, n, None), torch.Tensor))
+    key = (t.data_ptr(), str(t.device), t.numel())
+    if key in seen:
+        return 0
+    seen.add(key)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers as stored (quantized weights at their packed size)."""
+    seen: set = set()
+    return sum(tensor_bytes(t, seen) for t in [*model.parameters(), *model.buffers()])
+
+
 def flops_per_token(model, context: int) -> dict[str, float]:
     """Matmul FLOPs per generated token at ``context`` tokens of cache, split into blocks and head."""
     cfg = model.config
@@ -173,14 +195,13 @@ def measure_efficiency(model, tokenizer=None, *, prompt_tokens: int = 128, new_t
                 rounds.append(_one_round(model, ids, new_tokens, sync))
     finally:
         model.train(was_training)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = weight_bytes(model)
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
-        memory = {"peak_bytes": int(peak), "weights_bytes": int(weight_bytes),
+        memory = {"peak_bytes": int(peak), "weights_bytes": int(weights),
                   "activations_bytes": int(max(0, peak - before)), "method": "cuda.max_memory_allocated"}
     else:
-        memory = {"peak_bytes": int(weight_bytes + rss.rise), "weights_bytes": int(weight_bytes),
+        memory = {"peak_bytes": int(weights + rss.rise), "weights_bytes": int(weights),
                   "activations_bytes": int(rss.rise), "method": "weights + buffers + peak RSS rise (CPU)"}
     prefill = [p * 1000 for p, _ in rounds]
     decode = [new_tokens * batch_size / d for _, d in rounds]

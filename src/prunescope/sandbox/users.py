@@ -8,21 +8,24 @@ killed by user id, even ones that left the process group.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
 log = logging.getLogger(__name__)
 
-_PREFERRED_BASE = 1_700_000_000  # far above any account number a system hands out
+_PREFERRED_BASE = 1_800_000_000  # far above any account number a system hands out
 _lock = threading.Lock()
 _in_use: set[int] = set()
 _verified: set[int] = set()
 _tainted: set[int] = set()
+_claims: dict[int, int] = {}
 
 
 def _mapped_ranges() -> list[tuple[int, int]]:
@@ -70,14 +73,38 @@ def _uid_is_free(uid: int) -> bool:
         return not processes_of(uid)
 
 
+def _claim(uid: int) -> int | None:
+    """An exclusive lock on ``uid`` across processes (two evaluators on one machine must never share a
+    sandbox user: cleaning up one would kill the other's programs); its file descriptor, or None."""
+    path = os.path.join(tempfile.gettempdir(), f"prunescope-sandbox-uid-{uid}.lock")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def acquire_uid() -> int:
-    """A user id no account and no running process uses, reserved until ``release_uid``."""
+    """A user id no account, no running process and no other evaluator uses, reserved until
+    ``release_uid``."""
     with _lock:
         uid = _base_uid()
-        while uid in _in_use or uid in _tainted or (uid not in _verified and not _uid_is_free(uid)):
+        while True:
+            if uid not in _in_use and uid not in _tainted and (uid in _verified or _uid_is_free(uid)):
+                fd = _claim(uid)
+                if fd is not None:
+                    if uid in _verified or not processes_of(uid):
+                        break
+                    os.close(fd)
             uid += 1
         _in_use.add(uid)
         _verified.add(uid)
+        _claims[uid] = fd
         return uid
 
 
@@ -86,9 +113,12 @@ def release_uid(uid: int) -> None:
     survivors = kill_all_of(uid)
     with _lock:
         _in_use.discard(uid)
+        fd = _claims.pop(uid, None)
         if survivors:
-            _tainted.add(uid)
+            _tainted.add(uid)  # keep the claim: no other evaluator should take it either
             log.warning("sandbox user %d still has processes %s; not reusing it", uid, survivors)
+        elif fd is not None:
+            os.close(fd)
 
 
 def _kill_command(uid: int) -> list[str]:

@@ -1,0 +1,98 @@
+"""The compression frontier on one model: what each method buys in speed and memory, measured in one run.
+
+For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8): parameters,
+weight bytes in memory, bytes on disk, peak memory, prefill latency and decode tokens/s from
+``measure_efficiency`` (medians of ``--repeats`` rounds), each as a ratio to the base. The speculative draft is
+timed through ``generate`` against plain greedy ``generate`` on real prompts (same harness both ways), with its
+acceptance rate and a check that its output equals the full model's.
+
+    python benchmarks/bench_frontier.py [--model smollm2-135m] [--ratio 0.25] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+METHODS = ["depth", "replace", "merge", "width", "quant", "speculative"]
+SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}}
+PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that reverses a string.\n",
+           "The three primary colours are", "Once upon a time, in a small village by the sea,"]
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    from prunescope.methods import compress, save_compressed
+    from prunescope.methods.speculative import measure_speculative
+    from prunescope.models import load_model
+    from prunescope.study.efficiency import measure_efficiency
+
+    torch.set_grad_enabled(False)
+    kw = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats)
+    model, tok = load_model(args.model)
+    base = measure_efficiency(model, tok, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(Path(tmp) / "base")
+        base_disk = disk_bytes(Path(tmp) / "base")
+    rows = [("base", base, base_disk, "")]
+    for name in args.methods.split(","):
+        model, tok = load_model(args.model)
+        start = time.perf_counter()
+        with torch.enable_grad():
+            result = compress(model, tok, name, ratio=args.ratio, settings=SETTINGS.get(name))
+        took = time.perf_counter() - start
+        if name == "speculative":
+            s = measure_speculative(result.model, result.draft, tok, PROMPTS, new_tokens=args.new_tokens,
+                                    repeats=args.repeats)
+            print(f"speculative: draft skips {result.record['draft_removed_layers']}; assisted "
+                  f"{s['assisted_tokens_per_s']:.1f} vs plain {s['plain_tokens_per_s']:.1f} tokens/s via generate; "
+                  f"acceptance {s['acceptance_rate']:.2f}; output identical: {s['identical']}")
+            eff = dict(base)
+            eff["speedup"] = {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None}
+            rows.append((name, eff, base_disk, f"acc {s['acceptance_rate']:.2f}, identical={s['identical']}, "
+                                               f"{took:.0f}s"))
+            continue
+        eff = measure_efficiency(result.model, tok, baseline=base, **kw)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = save_compressed(result, tok, Path(tmp) / name, base=args.model)
+            disk = disk_bytes(out)
+        note = f"{took:.0f}s to compress"
+        if name == "merge":
+            note += f", merges {[(g['into'], g['merged']) for g in result.record['merges']]}"
+        if name == "replace":
+            v = result.record["valid_mse"]
+            note += f", span {result.record['span']}, valid MSE {v['remove_span']:.3g} -> {v['trained']:.3g}"
+        rows.append((name, eff, disk, note))
+
+    print(f"\n{args.model}, budget {args.ratio} of the layers; {base['threads']} threads; medians of {args.repeats}")
+    print(f"{'method':<12}{'layers':>7}{'params':>8}{'weights':>9}{'disk':>7}{'peak':>7}{'prefill':>9}{'decode':>8}"
+          f"{'ideal':>7}  notes")
+    bw, bp = base["memory"]["weights_bytes"], base["memory"]["peak_bytes"]
+    for name, eff, disk, note in rows:
+        sp = eff.get("speedup", {"decode": 1.0, "prefill": 1.0, "ideal": 1.0})
+        ideal = f"{sp['ideal']:.2f}x" if sp.get("ideal") else "  -  "
+        print(f"{name:<12}{eff['num_layers']:>7}{eff['parameters']['total'] / base['parameters']['total']:>8.2f}"
+              f"{eff['memory']['weights_bytes'] / bw:>9.2f}{disk / base_disk:>7.2f}{eff['memory']['peak_bytes'] / bp:>7.2f}"
+              f"{sp['prefill']:>8.2f}x{sp['decode']:>7.2f}x{ideal:>7}  {note}")
+    print("params / weights / disk / peak are ratios to the base; prefill / decode are speedups over the base.")
+
+
+if __name__ == "__main__":
+    main()
