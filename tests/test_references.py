@@ -98,14 +98,14 @@ def test_length_normalisation_flips_the_answer(tok):
     from prunescope.tasks.spec import Item, Task
 
     items = [
-        # raw: -3 > -4 picks "ab"; per byte: -3/2 = -1.5 < -4/8 = -0.5 picks "abcdefgh" (gold)
-        Item(id="0", prompt="q0", gold=1, target="abcdefgh", choices=["ab", "abcdefgh"]),
+        # raw: -3 > -4 picks "zq"; per byte: -3/2 = -1.5 < -4/8 = -0.5 picks "abcdefgh" (gold)
+        Item(id="0", prompt="q0", gold=1, target="abcdefgh", choices=["zq", "abcdefgh"]),
         # raw: -1 > -2 picks "x"; per byte: -2/4 = -0.5 > -1/1 = -1 picks "abcd" (gold)
         Item(id="1", prompt="q1", gold=0, target="abcd", choices=["abcd", "x"]),
         # equal lengths: both pick "yes" (gold)
         Item(id="2", prompt="q2", gold=0, target="yes", choices=["yes", "no!"]),
     ]
-    scores = {"ab": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0}
+    scores = {"zq": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0}
     task = Task(name="flip", kind="multiple_choice", description="hand-scored", chance=0.5,
                 make_items=lambda n, seed, split: items[:n] if n else items)
     report = evaluate(None, tok, [task], backend=_FixedScores(scores), model_name="fixed", progress=False)
