@@ -98,14 +98,14 @@ def test_length_normalisation_flips_the_answer(tok):
     from prunescope.tasks.spec import Item, Task
 
     items = [
-        # raw: -3 > -4 picks "ab"; per byte: -3/2 = -1.5 < -4/8 = -0.5 picks "abcdefgh" (gold)
-        Item(id="0", prompt="q0", gold=1, target="abcdefgh", choices=["ab", "abcdefgh"]),
+        # raw: -3 > -4 picks "zq"; per byte: -3/2 = -1.5 < -4/8 = -0.5 picks "abcdefgh" (gold)
+        Item(id="0", prompt="q0", gold=1, target="abcdefgh", choices=["zq", "abcdefgh"]),
         # raw: -1 > -2 picks "x"; per byte: -2/4 = -0.5 > -1/1 = -1 picks "abcd" (gold)
         Item(id="1", prompt="q1", gold=0, target="abcd", choices=["abcd", "x"]),
         # equal lengths: both pick "yes" (gold)
         Item(id="2", prompt="q2", gold=0, target="yes", choices=["yes", "no!"]),
     ]
-    scores = {"ab": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0}
+    scores = {"zq": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0}
     task = Task(name="flip", kind="multiple_choice", description="hand-scored", chance=0.5,
                 make_items=lambda n, seed, split: items[:n] if n else items)
     report = evaluate(None, tok, [task], backend=_FixedScores(scores), model_name="fixed", progress=False)
@@ -291,3 +291,41 @@ def test_loss_defaults_are_plain_kl_and_an_even_mix():
     assert recovery_loss_sum("kd", student, labels, teacher).item() == pytest.approx(kl, rel=1e-5)
     assert recovery_loss_sum("mix", student, labels, teacher).item() == pytest.approx(0.5 * kl + 0.5 * ce, rel=1e-5)
     assert recovery_loss_sum("sft", student, labels).item() == pytest.approx(ce, rel=1e-5)
+
+
+# ------------------------------------------------------------------ generation: transformers' generate
+
+def _hf_tokens(model, ids, max_new_tokens, eos):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=eos)
+    return out[0, len(ids):].tolist()
+
+
+def test_generation_stops_at_the_models_own_eos(tok):
+    """The model's generation_config may name an end token the tokenizer does not: it ends the output too."""
+    gen_model = make_tiny_model("llama", layers=2, seed=7)
+    prompt = "7 * 8 ="
+    ids = tok(prompt).input_ids
+    free = _hf_tokens(gen_model, ids, 6, eos=[])  # what greedy decoding writes with no end token
+    stop_token = free[2]
+    first = free.index(stop_token)
+    gen_model.generation_config.eos_token_id = [stop_token]
+    got = engine.generate(gen_model, tok, [prompt], max_new_tokens=6)  # default batch size and cache
+    assert got == [tok.decode(free[:first])]
+    gen_model.generation_config.eos_token_id = stop_token  # a bare int works the same
+    assert engine.generate(gen_model, tok, [prompt], max_new_tokens=6, batch_size=1) == got
+
+
+def test_long_prompt_keeps_its_tail_for_generation(model, tok):
+    """A prompt past the position table (128) keeps its last 128 - max_new_tokens tokens."""
+    prompt = "".join(str(i % 7) for i in range(200))
+    ids = tok(prompt).input_ids
+    want = tok.decode(_hf_tokens(model, ids[-(128 - 5):], 5, eos=2), skip_special_tokens=True)
+    assert engine.generate(model, tok, [prompt, "short"], max_new_tokens=5, batch_size=2)[0] == want
+
+
+def test_truncate_at_stop_cuts_at_the_first_occurrence():
+    assert engine.truncate_at_stop("a\nb\nc", ["\n"]) == ("a", True)
+    assert engine.truncate_at_stop("xQyQ", ["Q", ""]) == ("x", True)
+    assert engine.truncate_at_stop("plain", []) == ("plain", False)
