@@ -4,8 +4,10 @@
 2. The targeted generative probe (arith_add_1d_gen), the same questions as multiple choice
    (arith_add_1d_mc) and a harder classification probe (arith_add_2d_mc), for the base, the pruned
    and the recovered model.
-3. Recovery: LoRA, completion-only SFT on the unpruned teacher's correct greedy answers to the
-   probe's calibration prompts (disjoint from the evaluation items).
+3. Recovery: LoRA, completion-only SFT on the unpruned teacher's answers: by default to the shipped
+   general instruction prompts (self-instruct, sampled at T 0.9 / top-p 0.95, as the paper), or with
+   ``--prompts arith_add_1d_gen`` task-specific recovery on the probe's calibration prompts (disjoint
+   from the evaluation items in canonical form, greedy, correct answers only).
 4. Training throughput against a plain Hugging Face ``Trainer`` doing the same work (same tokenized
    examples in the same order, same steps, batch, LoRA config, optimizer and clipping), alternating
    runs, median tokens/s of the repeats; the per-step losses of the two are compared too.
@@ -32,7 +34,7 @@ from prunescope.models import load_model
 from prunescope.pruning import drop_layers
 from prunescope.recovery import RecoverConfig, recover
 from prunescope.recovery.api import build_training_examples
-from prunescope.recovery.data import load_prompts
+from prunescope.recovery.data import load_prompts, prompt_source_kind
 from prunescope.recovery.loop import collate, example_order, train
 from prunescope.recovery.methods import prepare
 
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
                     "the --num-layers lowest block-influence layers")
     ap.add_argument("--num-layers", type=int, default=6)
     ap.add_argument("--limit", type=int, default=100, help="evaluation items per probe")
+    ap.add_argument("--prompts", default="self-instruct", help="self-instruct (general) or a task name")
+    ap.add_argument("--gen-max-new-tokens", type=int, default=96, help="longest teacher answer to a general prompt")
     ap.add_argument("--num-prompts", type=int, default=48)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -110,8 +114,10 @@ def main(argv=None) -> int:
     pruned_acc = probe(pruned, tok, args.limit)
     t_eval = time.perf_counter() - t0
 
-    cfg = RecoverConfig(method="lora", data="self", prompts="arith_add_1d_gen", num_prompts=args.num_prompts,
-                        filter_correct=True, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    task_specific = prompt_source_kind(args.prompts) == "task-specific"
+    cfg = RecoverConfig(method="lora", data="self", prompts=args.prompts, num_prompts=args.num_prompts,
+                        filter_correct=task_specific, gen_decoding="greedy" if task_specific else "sample",
+                        gen_max_new_tokens=args.gen_max_new_tokens, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         lora_r=8, lora_alpha=16, save_every=0, max_seq_len=384, gen_batch_size=32)
     start = time.perf_counter()
     summary = recover(student, tok, teacher=teacher, config=cfg, out=work / "recovered")
@@ -139,7 +145,9 @@ def main(argv=None) -> int:
     for name in PROBES:
         print(f"{name:<20}{base_acc[name]:>8.2f}{pruned_acc[name]:>8.2f}{recovered_acc[name]:>11.2f}")
     d = summary["data"]
-    print(f"recovery: {d['prompts']} calib prompts, teacher correct {d['teacher_correct']:.2f}, "
+    correct = "n/a" if d["teacher_correct"] is None else f"{d['teacher_correct']:.2f}"
+    print(f"recovery ({d['label']}, --prompts {d['prompt_source']}): {d['prompts']} prompts, "
+          f"teacher correct {correct}, {d['truncated']} cut by the length limit ({d['truncated_policy']}), "
           f"{d['examples']} kept; {summary['steps']} steps x batch {cfg.batch_size}, "
           f"{summary['tokens_seen']:,} tokens ({summary['response_tokens']:,} trained), "
           f"final loss {summary['final_loss']:.3f}, train {summary['wall_time']:.1f}s "

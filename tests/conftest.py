@@ -11,7 +11,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from common import make_tokenizer, save_tiny  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Real datasets (GSM8K) are never copied into the repository. They are found at $PRUNESCOPE_SHARED_DATA,
+# or by default in ``shared/data`` beside the checkout (``<checkout>/../shared/data``).
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("PRUNESCOPE_SHARED_DATA") or DEFAULT_SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
@@ -29,5 +32,6 @@ def tokenizer():
 def gsm8k_dir():
     path = SHARED_DATA / "gsm8k"
     if not (path / "test.jsonl").is_file():
-        pytest.skip(f"GSM8K copy not found at {path} (only present beside the project checkout)")
+        pytest.skip(f"needs a GSM8K copy (gsm8k/test.jsonl) and none is at {path}: set PRUNESCOPE_SHARED_DATA "
+                    "to the folder holding gsm8k/ (default: ../shared/data beside the checkout)")
     return path

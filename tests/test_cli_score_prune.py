@@ -77,9 +77,10 @@ def test_prune_reuses_saved_scores_without_recomputing(tiny_model_dir, scores_fi
 
 
 @pytest.mark.parametrize("flags, criterion, removed", [
-    (["--criterion", "ppl", "--num-layers", "2"], "ppl", 2),
-    (["--ratio", "0.34"], "block_influence", 2),
-    (["--criterion", "angular", "--num-layers", "2"], "angular", 2),
+    (["--criterion", "ppl", "--num-layers", "2", "--no-plus-rule", "--max-calib-tokens", "512"], "ppl", 2),
+    (["--ratio", "0.34", "--max-calib-tokens", "512"], "block_influence", 2),
+    (["--criterion", "angular", "--num-layers", "2", "--calib-samples", "8"], "angular", 2),
+    (["--criterion", "taylor", "--num-layers", "1", "--calib-samples", "4", "--calib-seq-len", "64"], "taylor", 1),
 ])
 def test_prune_with_a_criterion(tiny_model_dir, tmp_path, capsys, flags, criterion, removed):
     from transformers import AutoModelForCausalLM
@@ -88,6 +89,11 @@ def test_prune_with_a_criterion(tiny_model_dir, tmp_path, capsys, flags, criteri
     assert code == 0, err
     meta = json.loads((out_dir / "prunescope.json").read_text())
     assert meta["criterion"] == criterion and len(meta["removed_layers"]) == removed
+    config = meta["scores"]["config"]
+    if criterion in ("ppl", "taylor"):  # the named deviation is recorded
+        assert config["plus_rule"] is (criterion == "taylor")
+    if criterion == "taylor":  # the calibration asked for, recorded
+        assert config["calib_samples"] == 4 and config["calib_seq_len"] == 64 and config["calib_tokens"] == 256
     assert meta["removed_layers"] == sorted(meta["scores"]["order"][:removed])
     if criterion == "angular":  # a contiguous block
         a, b = meta["removed_layers"]
@@ -118,6 +124,23 @@ BAD = {
     "criterion without count": (["--criterion", "ppl"], "--num-layers"),
     "malformed calibration": (["--criterion", "ppl", "--num-layers", "1", "--calib", "CALIB"], "line 2"),
     "scores of another model": (["--scores", "OTHER", "--num-layers", "1"], "4 layers"),
+    "angular scored for another block size": (["--scores", "ANGULAR2", "--num-layers", "3"], "block of 2 layers"),
+    "too few greedy removals": (["--scores", "SLEB1", "--num-layers", "2"], "1 greedy sleb removals"),
+    "bad calibration size": (["--criterion", "ppl", "--num-layers", "1", "--calib-samples", "0"], "--calib-samples"),
+}
+
+
+def _scores_like(tmp_path, criterion, config):
+    """A well-formed 6-layer scores file of ``criterion`` with ``config``."""
+    path = tmp_path / f"{criterion}.json"
+    path.write_text(json.dumps({"model": "m", "criterion": criterion, "num_layers": 6, "scores": [0, 1, 2, 3, 4, 5],
+                                "order": [2, 3, 1, 4, 0, 5], "config": config}))
+    return path
+
+
+SPECIAL_FILES = {
+    "ANGULAR2": lambda tmp: _scores_like(tmp, "angular", {"block_size": 2}),
+    "SLEB1": lambda tmp: _scores_like(tmp, "sleb", {"removals": 1, "steps": [{"removed": 2, "objective": -1.0}]}),
 }
 
 
@@ -126,7 +149,8 @@ def test_prune_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_
     flags, expected = BAD[case]
     calib = tmp_path / "calib.jsonl"
     calib.write_text('{"text": "fine"}\n{"text": oops}\n')
-    flags = [str(calib) if f == "CALIB" else str(_bad_scores(tmp_path)) if f == "OTHER" else f for f in flags]
+    flags = [str(calib) if f == "CALIB" else str(_bad_scores(tmp_path)) if f == "OTHER"
+             else str(SPECIAL_FILES[f](tmp_path)) if f in SPECIAL_FILES else f for f in flags]
     out_dir = tmp_path / "out"
     code, _, err = _run(capsys, "prune", "--model", tiny_model_dir, *flags, "--out", out_dir)
     assert code == 2
@@ -163,8 +187,25 @@ def test_score_bad_input(tmp_path, tiny_model_dir, capsys):
         assert not out.exists()
 
 
-def test_help_lists_the_flags(capsys):
-    for verb, flag in (("score", "--criterion"), ("prune", "--ratio")):
+def test_help_documents_every_config_field(capsys):
+    """Every field of a verb's config is a flag in its --help, with the field's help text and its default."""
+    import dataclasses
+    import re
+
+    from prunescope.config import flag_name
+    from prunescope.criteria.command import Config as ScoreConfig
+    from prunescope.pruning.command import Config as PruneConfig
+
+    for verb, cls in (("score", ScoreConfig), ("prune", PruneConfig)):
         with pytest.raises(SystemExit) as exc:
             main([verb, "--help"])
-        assert exc.value.code == 0 and flag in capsys.readouterr().out
+        assert exc.value.code == 0
+        text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+        for f in dataclasses.fields(cls):
+            flag = flag_name(f)
+            assert (flag if flag.startswith("-") else flag.upper()) in text, (verb, flag)
+            words = "".join(f.metadata["help"].split())
+            assert words in text, (verb, flag, words)
+            if f.default not in (None, False, "", dataclasses.MISSING):
+                default = "".join(str(f.default).split())
+                assert re.search(re.escape(words) + r"\(default:" + re.escape(default) + r"\)", text), flag

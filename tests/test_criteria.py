@@ -131,13 +131,131 @@ def test_iterative_criteria_remove_the_requested_number_of_layers(llama, tokeniz
 
 
 def test_greedy_task_with_a_custom_scorer_prefers_the_harmless_layer(llama, tokenizer):
-    """A scorer that only drops when layer 2 is missing: greedy_task must never remove layer 2 first."""
+    """A scorer that only drops when layer 2 is missing: every other candidate ties, so the seed paper's
+    rule (ties to the later index) removes the last layer first; layer 2 is the last candidate and
+    layer 0 is never a candidate (layer_pruner/script.py skips it)."""
     block2 = llama.model.layers[2]
 
     def scorer(model):
         return 1.0 if any(b is block2 for b in model.model.layers) else 0.1
-    result = _score(llama, tokenizer, "greedy_task", task_scorer=scorer, num_layers=1)
-    assert result["order"][0] != 2 and result["order"][-1] == 2
+    result = _score(llama, tokenizer, "greedy_task", task_scorer=scorer, num_layers=3)
+    assert result["order"][:3] == [5, 4, 3]
+    assert result["order"][-2:] == [2, 0]
+
+
+def test_greedy_task_never_removes_layer_zero(llama, tokenizer):
+    """Even when layer 0 is the only harmless block, the seed paper's loop never removes it."""
+    block0 = llama.model.layers[0]
+
+    def scorer(model):  # removing anything but layer 0 hurts; ties go to the later index
+        return float(sum(b is not block0 for b in model.model.layers))
+    result = _score(llama, tokenizer, "greedy_task", task_scorer=scorer, num_layers=LAYERS - 1)
+    assert 0 not in result["order"][:LAYERS - 1] and result["order"][-1] == 0
+    assert result["order"][:LAYERS - 1] == [5, 4, 3, 2, 1]
+
+
+# Texts of different lengths: a re-implementation that averaged per-text means, or a scorer that
+# ignored padding, would disagree with the token-weighted references below.
+TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank today.", "2 + 3 = 5",
+         "def f(x):\n    return x * 2  # doubles", "Short one."]
+
+
+def _token_weighted_loss(model, tokenizer, texts):
+    """Sum over texts of the HF loss (labels = inputs) times its predicted tokens, over all tokens."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        total = total + model(ids, labels=ids).loss * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    return total / count
+
+
+def test_taylor_matches_an_autograd_reimplementation_of_the_reference():
+    """anal_block_sensitivity_taylor.py: per weight tensor sum |W * dL/dW| (element-wise), per block the
+    sum over its *weight tensors, then the "+" rule keeps blocks 0-3 and the last two out of the order."""
+    from prunescope.models.architectures import get_layers
+    model = make_tiny_model("llama", layers=8, seed=3)
+    tok = __import__("common").make_tokenizer()
+    result = score_layers(model, tok, "taylor", calib=TEXTS, progress=False)
+    loss = _token_weighted_loss(model, tok, TEXTS)
+    blocks = get_layers(model)
+    params = [[p for n, p in b.named_parameters() if "weight" in n] for b in blocks]
+    grads = torch.autograd.grad(loss, [p for ps in params for p in ps])
+    expected, k = [], 0
+    for ps in params:
+        expected.append(sum(float((p.detach() * grads[k + j]).abs().sum()) for j, p in enumerate(ps)))
+        k += len(ps)
+    assert result["scores"] == pytest.approx(expected, rel=1e-4)
+    middle = sorted([4, 5], key=lambda i: expected[i])
+    assert result["order"][:2] == middle and set(result["order"][2:]) == {0, 1, 2, 3, 6, 7}
+    assert result["config"]["plus_rule"] is True and result["config"]["protected"] == [0, 1, 2, 3, 6, 7]
+    plain = score_layers(model, tok, "taylor", calib=TEXTS, plus_rule=False, progress=False)
+    assert plain["order"] == sorted(range(8), key=lambda i: expected[i]) and plain["config"]["plus_rule"] is False
+
+
+def test_angular_matches_last_token_hidden_states(llama, tokenizer):
+    """PruneMe's compute_block_distances on transformers' hidden states, one text at a time (no padding),
+    at the last token: arccos(cos) / pi between the inputs of blocks l and l + n."""
+    n = 2
+    result = score_layers(llama, tokenizer, "angular", calib=TEXTS, num_layers=n, progress=False)
+    sums = torch.zeros(LAYERS - n + 1, dtype=torch.float64)
+    for text in TEXTS:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hs = llama(ids, output_hidden_states=True).hidden_states  # hs[l] = input of block l, l < L
+        for l in range(LAYERS - n):  # the last window needs the raw last-block output (hs[L] is normed)
+            a, b = hs[l][0, -1].double(), hs[l + n][0, -1].double()
+            cos = torch.dot(a, b) / (a.norm() * b.norm())
+            sums[l] += torch.arccos(cos.clamp(-1, 1)) / math.pi
+    expected = (sums / len(TEXTS)).tolist()[:LAYERS - n]
+    assert result["config"]["distances"][:LAYERS - n] == pytest.approx(expected, abs=1e-5)
+    assert result["config"]["angular_tokens"] == "last"
+    everywhere = score_layers(llama, tokenizer, "angular", calib=TEXTS, num_layers=n, angular_tokens="all",
+                              progress=False)
+    assert everywhere["config"]["distances"][:LAYERS - n] != pytest.approx(expected, abs=1e-3)
+
+
+def _naive_sleb(model, tokenizer, texts, steps):
+    """sleb.py re-implemented: per phase, every alive block but the first and last is switched off in
+    turn; the one whose removal gives the smallest summed NLL goes (strict <: ties to the earlier)."""
+    alive, removal, losses = list(range(num_layers(model))), [], []
+    for _ in range(steps):
+        best, best_loss = None, float("inf")
+        for j in range(1, len(alive) - 1):
+            with torch.no_grad(), skip_layers(model, layers=sorted(removal + [alive[j]])):
+                loss = float(_token_weighted_loss(model, tokenizer, texts))
+            if loss < best_loss:
+                best, best_loss = alive[j], loss
+        removal.append(best)
+        losses.append(best_loss)
+        alive.remove(best)
+    return removal, losses
+
+
+def test_sleb_matches_a_reimplementation_of_the_reference_loop():
+    model = make_tiny_model("llama", layers=6, seed=1)
+    tok = __import__("common").make_tokenizer()
+    removal, losses = _naive_sleb(model, tok, TEXTS, 3)
+    result = score_layers(model, tok, "sleb", calib=TEXTS, num_layers=3, progress=False)
+    assert result["order"][:3] == removal
+    assert [-s["objective"] for s in result["config"]["steps"]] == pytest.approx(losses, abs=1e-5)
+    # the barriers: the first and last alive blocks were never candidates
+    assert 0 not in removal and 5 not in removal and result["order"][-2:] == [0, 5]
+
+
+def test_ppl_matches_the_model_loss_with_each_block_skipped_and_protects_the_ends():
+    model = make_tiny_model("llama", layers=8, seed=2)
+    tok = __import__("common").make_tokenizer()
+    result = score_layers(model, tok, "ppl", calib=TEXTS, progress=False)
+    with torch.no_grad():
+        base = float(_token_weighted_loss(model, tok, TEXTS))
+        expected = []
+        for i in range(8):
+            with skip_layers(model, layers=[i]):
+                expected.append(float(_token_weighted_loss(model, tok, TEXTS)) - base)
+    assert result["scores"] == pytest.approx(expected, abs=1e-5)
+    assert result["order"][:2] == sorted([4, 5], key=lambda i: expected[i])
+    assert result["config"]["protected"] == [0, 1, 2, 3, 6, 7]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3_text", "gpt2", "opt"])
@@ -172,11 +290,37 @@ def test_greedy_task_default_scorer_fast_equals_naive(tokenizer):
     if not hasattr(tasks, "get_task"):
         pytest.skip("prunescope.tasks has no get_task yet")
     model = make_tiny_model("llama", layers=4)
-    fast = compute_scores(model, tokenizer, "greedy_task", num_layers=1, progress=False)
-    naive = compute_scores(model, tokenizer, "greedy_task", num_layers=1, progress=False, fast=False)
+    kw = dict(num_layers=1, progress=False, greedy_objective="teacher_forced")
+    fast = compute_scores(model, tokenizer, "greedy_task", **kw)
+    naive = compute_scores(model, tokenizer, "greedy_task", fast=False, **kw)
     assert fast["order"] == naive["order"]
     assert fast["config"]["steps"][0]["objective"] == pytest.approx(naive["config"]["steps"][0]["objective"], abs=1e-4)
     assert fast["config"]["tasks"] == ["arith_add_1d_gen", "brackets_gen"]
+    assert fast["config"]["objective"] == "teacher_forced" and 0 not in fast["order"][:1]
+
+
+def test_greedy_task_default_objective_is_generation_accuracy(tokenizer, monkeypatch):
+    """The default objective generates on each task's calib items and scores them with the task's
+    check: here a check that accepts only one of the items, so accuracy is exactly 1 / n."""
+    pytest.importorskip("prunescope.tasks")
+    from prunescope.tasks import get_task
+    task = get_task("arith_add_1d_gen")
+    items = task.items(32, seed=0, split="calib")
+    lucky = items[0].id
+    calls = []
+
+    def check(item, output):
+        calls.append(output)
+        return item.id == lucky
+    monkeypatch.setattr(task, "check", check)
+    monkeypatch.setattr(task, "check_all", None)
+    monkeypatch.setattr("prunescope.tasks.get_task", lambda name, **kw: task)
+    model = make_tiny_model("llama", layers=3)
+    result = score_layers(model, tokenizer, "greedy_task", tasks=["arith_add_1d_gen"], num_layers=1, progress=False)
+    assert result["config"]["objective"] == "generate"
+    assert result["config"]["baseline"] == [pytest.approx(1 / len(items))]
+    assert len(calls) == len(items) * 3  # the base model, then candidates 1 and 2 (never 0)
+    assert result["order"][0] == 2  # every candidate keeps the same accuracy: the later one goes
 
 
 def test_new_criterion_is_one_decorated_function(llama, tokenizer):
@@ -194,14 +338,37 @@ def test_new_criterion_is_one_decorated_function(llama, tokenizer):
         CRITERIA._items.pop(name, None)
 
 
+def test_default_calibration_is_seeded_random_windows_of_the_shipped_corpus(llama, tokenizer):
+    """At least 64 x 512 tokens; the tiny model's 128-token context gets 4x as many 128-token windows."""
+    from prunescope.criteria.calibration import calibration_batches
+    batches, info = calibration_batches(llama, tokenizer, None, seed=0)
+    assert info["calib_mode"] == "random_windows" and info["calib"].startswith("builtin:")
+    assert info["calib_seq_len"] == 128 and info["calib_samples"] == 256 and info["calib_tokens"] == 64 * 512
+    assert sum(int(b.attention_mask.sum()) for b in batches) == 64 * 512
+    corpus = tokenizer(load_calibration_texts(None)[0], add_special_tokens=False).input_ids
+    assert info["calib_corpus_tokens"] == len(corpus) > 100_000
+    first = batches[0].input_ids[0].tolist()
+    assert any(corpus[i:i + 128] == first for i in range(len(corpus) - 127))  # a real window of the corpus
+    again, _ = calibration_batches(llama, tokenizer, None, seed=0)
+    other, _ = calibration_batches(llama, tokenizer, None, seed=1)
+    assert torch.equal(again[0].input_ids, batches[0].input_ids)
+    assert not torch.equal(other[0].input_ids, batches[0].input_ids)
+    small, info = calibration_batches(llama, tokenizer, None, samples=3, seq_len=40, seed=0)
+    assert info["calib_samples"] == 3 and info["calib_tokens"] == 120
+
+
 def test_calibration_sources(tmp_path, llama, tokenizer):
-    builtin = load_calibration_texts(None)
-    assert 30 <= len(builtin) <= 60
     good = tmp_path / "calib.jsonl"
     good.write_text(json.dumps({"text": "one two three"}) + "\n\n" + json.dumps({"text": "four five"}) + "\n")
     assert load_calibration_texts(str(good)) == ["one two three", "four five"]
     result = score_layers(llama, tokenizer, "block_influence", calib=str(good), progress=False)
-    assert result["config"]["calib_texts"] == 2
+    assert result["config"]["calib_texts"] == 2 and result["config"]["calib_mode"] == "texts"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Line {i} of a longer corpus."}) + "\n" for i in range(40)))
+    result = score_layers(llama, tokenizer, "block_influence", calib=str(corpus), calib_samples=5,
+                          calib_seq_len=32, seed=3, progress=False)
+    assert result["config"]["calib_mode"] == "random_windows" and result["config"]["calib_tokens"] == 160
+    assert result["config"]["calib_seed"] == 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
     with pytest.raises(UsageError, match=r"bad.jsonl line 2"):
@@ -220,6 +387,8 @@ def test_hub_dataset_offline_explains_the_local_alternative(monkeypatch):
     pytest.importorskip("datasets")
     with pytest.raises(UsageError, match=r"--calib FILE\.jsonl"):
         load_calibration_texts("no-such-org/no-such-dataset")
+    with pytest.raises(UsageError, match=r"wikitext:wikitext-2-raw-v1"):
+        load_calibration_texts("wikitext-2")
 
 
 def test_max_calib_tokens_caps_the_calibration_set(llama, tokenizer):

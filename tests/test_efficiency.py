@@ -22,13 +22,28 @@ def test_parameter_counts_split(model):
         assert parameter_counts(model)["blocks"] == counts["blocks"] // 2
 
 
-def test_measurements_are_sane(model):
+# The tiny llama of this module, by hand: hidden 64, 4 heads of 16, 2 KV heads, MLP 64, vocab 259.
+# One block: q 64*64 + k 64*32 + v 64*32 + o 64*64 + gate/up/down 3*64*64 + 2 norms of 64 = 24704 parameters.
+PER_BLOCK = 4096 + 2048 + 2048 + 4096 + 3 * 4096 + 2 * 64
+TOTAL = 8 * PER_BLOCK + 2 * 259 * 64 + 64  # blocks, embedding and untied head, final norm
+
+
+def test_measurements_from_a_fake_clock(model, monkeypatch):
+    """With the timer replaced by known (prefill s, decode s) rounds, every reported number follows."""
+    from prunescope.study import efficiency
+
+    rounds = iter([(0.5, 0.5), (0.010, 0.5), (0.030, 0.25), (0.020, 1.0)])  # one warm-up round, then three
+    monkeypatch.setattr(efficiency, "_one_round", lambda *a, **k: next(rounds))
     r = measure_efficiency(model, make_tokenizer(), prompt_tokens=12, new_tokens=6, repeats=3, warmup=1)
-    assert r["num_layers"] == 8 and r["parameters"]["total"] > 0
-    assert r["prefill_ms"] > 0 and r["decode_tokens_per_s"] > 0
-    assert len(r["prefill_ms_all"]) == 3 and len(r["decode_tokens_per_s_all"]) == 3
-    assert r["memory"]["peak_bytes"] >= r["memory"]["weights_bytes"] > 0
-    assert 0 < r["flops_per_token"]["block_share"] < 1
+    assert r["num_layers"] == 8 and r["parameters"]["total"] == TOTAL
+    assert r["prefill_ms_all"] == pytest.approx([10.0, 30.0, 20.0]) and r["prefill_ms"] == pytest.approx(20.0)
+    assert r["decode_tokens_per_s_all"] == pytest.approx([12.0, 24.0, 6.0])  # 6 tokens / decode seconds
+    assert r["decode_tokens_per_s"] == pytest.approx(12.0) and r["time_per_token_ms"] == pytest.approx(1000 / 12)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert r["memory"]["weights_bytes"] == 4 * TOTAL + buffers  # fp32
+    assert r["memory"]["peak_bytes"] >= r["memory"]["weights_bytes"]
+    # FLOPs at the mean decode context, 12 + 6 // 2 = 15 tokens: 8 * (2 * 24704 + 4 * 15 * 64) + 2 * 259 * 64
+    assert r["flops_per_token"]["blocks"] == 8 * (2 * PER_BLOCK + 4 * 15 * 64)
     json.dumps(r)  # serialisable as efficiency.json
     assert "speedup" not in r
 
@@ -48,8 +63,14 @@ def test_pruned_model_is_faster_and_ideal_accounts_for_the_head(model):
     assert pruned["parameters"]["total"] < base["parameters"]["total"]
 
 
-def test_flops_grow_with_context(model):
-    assert flops_per_token(model, 100)["blocks"] > flops_per_token(model, 10)["blocks"]
+def test_flops_per_token_by_hand(model):
+    """2 FLOPs per weight per token, plus q.k and attention-weighted values: 4 * context * heads * head_dim."""
+    head = 2 * 259 * 64
+    for context in (10, 100):
+        blocks = 8 * (2 * PER_BLOCK + 4 * context * 4 * 16)
+        f = flops_per_token(model, context)
+        assert (f["blocks"], f["head"], f["total"]) == (blocks, head, blocks + head)
+        assert f["block_share"] == pytest.approx(blocks / (blocks + head))
 
 
 def test_prompt_is_clamped_to_the_position_table():

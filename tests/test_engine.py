@@ -89,9 +89,22 @@ def test_truncate_at_stop_picks_earliest():
     assert engine.truncate_at_stop("abc", ["z"]) == ("abc", False)
 
 
-def test_auto_batch_size_on_cpu(model):
-    assert engine.resolve_batch_size(model, "auto") == engine.CPU_BATCH
-    assert engine.resolve_batch_size(model, 3) == 3
+def test_auto_batch_size_fits_half_the_free_gpu_memory(model, monkeypatch):
+    """On a (faked) GPU the batch's KV cache for 512 tokens fills at most half the free memory, and
+    grows with it: tiny llama, 2 layers x 2 KV heads x head_dim 8, fp32 = 2*2*2*8*4 = 256 bytes of K and V
+    per token, 131072 bytes per 512-token sequence before logits."""
+    assert engine.resolve_batch_size(model, 3) == 3 and engine.resolve_batch_size(model, 0) == 1
+    monkeypatch.setattr(engine, "model_device", lambda m: torch.device("cuda"))
+    kv_per_seq = 512 * 2 * 2 * 2 * 8 * 4
+    sizes = {}
+    for free in (10 * 2**20, 20 * 2**20, 10 * 2**30):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
+        sizes[free] = engine.resolve_batch_size(model, "auto")
+        assert 1 <= sizes[free] <= 256
+        assert sizes[free] * kv_per_seq <= free / 2
+    assert sizes[20 * 2**20] >= 2 * sizes[10 * 2**20] - 1  # linear in free memory
+    assert sizes[10 * 2**30] == 256  # capped
+    assert sizes[10 * 2**20] >= 10  # not needlessly small: the logits row is the only other cost
 
 
 def test_other_architecture_gpt2_matches_naive(tok):

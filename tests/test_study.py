@@ -137,7 +137,11 @@ def test_different_identity_is_refused(finished_run, tiny_model_dir):
 
 def test_packaged_configs_load():
     default = load_study_config("default")
-    assert default.model == "smollm2-135m" and len(default.ratios) >= 3 and default.recovery.methods
+    assert default.model == "smollm2-135m" and default.ratios and default.recovery.methods
+    # sized for its claims: every base accuracy gets a 95% half-width of at most 0.07, even at p = 0.5
+    from prunescope.eval.metrics import wilson_interval
+    lo, hi = wilson_interval(default.limit // 2, default.limit)
+    assert (hi - lo) / 2 <= 0.07
     kinds = {"mc" if t.endswith("_mc") or "first_digit" in t else "gen" for t in default.tasks}
     assert kinds == {"mc", "gen"}
     paper = load_study_config("paper")
@@ -208,3 +212,116 @@ def test_shipped_configs_name_only_registered_tasks_and_criteria():
             assert get_task(task).family != "humaneval", task
             if task != "gsm8k":  # gsm8k needs its data file; its calib split is the train file
                 assert get_task(task).items(2, split="calib")
+
+
+# ---- step identities: a changed setting recomputes exactly the steps it can change ----
+
+def _stale(config) -> set[str]:
+    """Keys of the finished steps that a run with ``config`` would recompute (finished under other inputs)."""
+    from prunescope.study.runner import StudyRun
+    from prunescope.study.steps import Manifest
+    run = StudyRun(config)
+    manifest = Manifest(config.out_dir)
+    return {s.key for s in run.plan() if manifest.stale(s)}
+
+
+CELLS = {f"cells/{c}-r{r}" for c in ("reverse", "block_influence", "angular") for r in ("0.2", "0.5")}
+SCORES = {"scores/reverse.json", "scores/block_influence.json", "scores/angular-k1.json", "scores/angular-k3.json"}
+RECOVERY = {"block_influence-r0.5/recovery-lora"}
+EFF_CELLS = {"efficiency/k1", "efficiency/k3"}
+ABLATION = {"ablation/base"} | {f"ablation/layer-{i:03d}" for i in range(6)}
+EVERYTHING = {"baseline"} | SCORES | CELLS | RECOVERY | {"efficiency/base"} | EFF_CELLS | ABLATION
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, set()),
+    ({"limit": 3}, {"baseline"} | CELLS | RECOVERY),
+    ({"tasks": ["arith_add_1d_gen"]}, {"baseline"} | CELLS | RECOVERY),
+    ({"scoring": {"calib": ["Another calibration text entirely. " * 4] * 2}}, SCORES | CELLS | RECOVERY | EFF_CELLS),
+    ({"recovery": {"methods": ["lora"], "criteria": ["block_influence"], "ratios": [0.5],
+                   "settings": {"data": "dataset", "prompts": "arith_add_1d_gen", "num_prompts": 4, "max_steps": 2,
+                                "batch_size": 2, "lora_r": 2, "save_every": 0, "lr": 1e-3}}}, RECOVERY),
+    ({"efficiency": {"prompt_tokens": 8, "new_tokens": 4, "repeats": 3, "warmup": 1}}, {"efficiency/base"} | EFF_CELLS),
+    ({"ablation": {"enabled": True, "limit": 2, "tasks": ["arith_add_1d_mc"]}}, ABLATION),
+    ({"seed": 1}, EVERYTHING),
+    ({"dtype": "bfloat16"}, EVERYTHING),
+])
+def test_changed_settings_make_exactly_their_steps_stale(finished_run, tiny_model_dir, change, expected):
+    run, _, _ = finished_run
+    assert _stale(tiny_config(tiny_model_dir, run, **change)) == expected
+
+
+def test_new_version_makes_everything_stale(finished_run, tiny_model_dir, monkeypatch):
+    import prunescope
+    run, _, _ = finished_run
+    monkeypatch.setattr(prunescope, "__version__", "99.0")
+    assert _stale(tiny_config(tiny_model_dir, run)) == EVERYTHING
+
+
+def test_changed_recovery_is_refused_then_recomputed_with_force(finished_run, tiny_model_dir, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    settings = {"data": "dataset", "prompts": "arith_add_1d_gen", "num_prompts": 4, "max_steps": 2, "batch_size": 2,
+                "lora_r": 2, "save_every": 0, "lr": 1e-3}
+    config = tiny_config(tiny_model_dir, run, recovery={"methods": ["lora"], "criteria": ["block_influence"],
+                                                        "ratios": [0.5], "settings": settings})
+    with pytest.raises(UsageError, match=r"different recovery\.lr: 1 finished step\(s\) would change \(recover lora "
+                                         r"block_influence r=0.5\); pass --force"):
+        run_study(config)
+    before = _snapshot(run)
+    counter = Counting()
+    run_study(config, stages=counter.stages(), force=True)
+    after = _snapshot(run)
+    rec = "cells/block_influence-r0.5/recovery-lora/"
+    changed = {p for p in before if p in after and after[p] != before[p] and not p.startswith(rec)}
+    assert {p for p in changed if not p.startswith("figures/")} <= {
+        "results.csv", "report.md", "report.html", "study.json", "run.json", "steps.json", "study.log"}
+    assert after[rec + "metrics.json"] != before[rec + "metrics.json"]
+    assert json.loads((run / rec / "recover.json").read_text())["config"]["lr"] == 1e-3
+    assert counter.calls["evaluate"] == 1  # the recovered model only
+    log = (run / "study.log").read_text()
+    assert "recomputing recover lora block_influence r=0.5: recovery.lr changed" in log
+
+
+def test_run_trail(finished_run):
+    run, _, _ = finished_run
+    trail = json.loads((run / "run.json").read_text())
+    assert trail["config"]["name"] == "tiny" and trail["finished"] and trail["command"]
+    assert {"torch", "prunescope"} <= set(trail["versions"]) and trail["host"]["platform"]
+    assert trail["steps"]["baseline"]["seconds"] >= 0 and len(trail["steps"]) == len(EVERYTHING)
+    log = (run / "study.log").read_text()
+    assert "eval baseline" in log and "study finished" in log
+    # not a terminal: one plain line per step, with elapsed time and (after the first step) an estimate
+    steps = [line for line in log.splitlines() if " INFO [" in line]
+    assert len(steps) == len(EVERYTHING) and "\r" not in log
+    assert "estimate after the first step" in steps[0] and all("left, done about" in s for s in steps[1:])
+    first_plan = next(line for line in log.splitlines() if " plan: " in line)
+    assert first_plan.endswith("plan: 7 eval, 4 scores, 1 recovery, 3 efficiency, 7 ablation")
+
+
+def test_ablation_names_layers_only_with_interval(finished_run):
+    run, _, _ = finished_run
+    ab = json.loads((run / "ablation/ablation.json").read_text())
+    info = ab["kinds"]["multiple_choice"]
+    assert len(info["lo"]) == 6 and all(lo <= d <= hi for d, lo, hi in zip(info["drop"], info["lo"], info["hi"]))
+    assert info["critical"] == [i for i in range(6) if info["lo"][i] > 0]
+    base = json.loads((run / "ablation/base.json").read_text())
+    assert len(base["items"]["arith_add_1d_mc"]["ids"]) == 1
+
+
+def test_estimate_uses_measured_steps_of_the_same_kind():
+    from prunescope.study.steps import estimate_seconds
+    from prunescope.study.steps import Step
+    todo = [Step(k, k, {}, [], lambda: None) for k in ("cells/a-r0.1", "cells/a-r0.2", "scores/x.json", "ablation/base")]
+    assert estimate_seconds(todo, {}) is None
+    timings = {"baseline": {"seconds": 10.0}, "cells/b-r0.1": {"seconds": 20.0}, "scores/y.json": {"seconds": 4.0}}
+    # evaluations average 15 s, scores 4 s, ablation unmeasured: the mean of all measured steps (34 / 3)
+    assert estimate_seconds(todo, timings) == pytest.approx(15 + 15 + 4 + 34 / 3)
+
+
+def test_estimate_scales_unmeasured_evaluations_by_their_items():
+    from prunescope.study.steps import Step, estimate_seconds
+    todo = [Step("ablation/layer-000", "a", {}, [], lambda: None, work=10)]
+    timings = {"baseline": {"seconds": 40.0, "work": 400}, "scores/y.json": {"seconds": 4.0}}
+    assert estimate_seconds(todo, timings) == pytest.approx(1.0)  # 10 items at 0.1 s per item

@@ -143,3 +143,67 @@ def test_save_refuses_non_empty_out(tmp_path):
         save_pruned(model, None, tmp_path / "out", base="b", removed=[], num_layers_before=6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no temp folder left behind"
+
+
+def test_gpt2_inverse_layer_scaling_is_baked_in_so_the_cut_reloads_equal(tmp_path):
+    """GPT-2 with scale_attn_by_inverse_layer_idx divides attention by (index + 1), fixed at build time;
+    a block renumbered by the cut would reload with another divisor unless the cut bakes it in."""
+    model = make_tiny_model("gpt2")
+    model.config.scale_attn_by_inverse_layer_idx = True
+    fresh = type(model)(model.config).eval()  # rebuilt so every block computes its scaling from the flag
+    fresh.load_state_dict(model.state_dict())
+    with bypass_with_hooks(fresh, REMOVE):
+        expected = logits(fresh)
+    drop_layers(fresh, layers=REMOVE)
+    torch.testing.assert_close(logits(fresh), expected, atol=1e-5, rtol=1e-5)
+    out = save_pruned(fresh, make_tokenizer(), tmp_path / "pruned", base="tiny-base", removed=REMOVE,
+                      num_layers_before=6)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert reloaded.config.scale_attn_by_inverse_layer_idx
+    torch.testing.assert_close(logits(reloaded), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(reloaded), logits(fresh), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("base, name, hub, note", [
+    ("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", True, "Q4_1"),
+    ("org/some-model", "org/some-model", True, None),
+    ("TINYDIR", "TINYDIR", False, "local folder"),
+    ("weights/model.gguf", "GGUF_FOLDER", False, "cannot read"),
+])
+def test_mergekit_yaml_and_card_name_a_base_mergekit_can_load(tmp_path, base, name, hub, note):
+    import yaml
+    folder = tmp_path / "base-folder"
+    folder.mkdir()
+    base = str(folder) if base == "TINYDIR" else base
+    name = {"TINYDIR": str(folder.resolve()),
+            "GGUF_FOLDER": str((__import__("pathlib").Path(base).resolve()).with_suffix(""))}.get(name, name)
+    model = make_tiny_model("llama")
+    drop_layers(model, layers=[2])
+    out = save_pruned(model, None, tmp_path / "cut", base=base, removed=[2], num_layers_before=6)
+    text = (out / "mergekit.yaml").read_text()
+    spec = yaml.safe_load(text)
+    assert {s["sources"][0]["model"] for s in spec["slices"]} == {name}
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front.get("base_model") == (name if hub else None)
+    if note:
+        assert note in text and note in card
+    else:
+        assert "# Note" not in text
+
+
+def test_an_auto_detected_family_whose_cut_would_not_reload_equal_is_not_saved(tmp_path, monkeypatch):
+    """For families outside the table prunescope reloads the saved cut and compares; a behaviour the
+    config does not carry (here: a block whose attention scaling was changed in memory) is refused."""
+    import dataclasses
+    import prunescope.models.architectures as archs
+    model = make_tiny_model("llama")
+    drop_layers(model, layers=[2])
+    real = archs.get_architecture
+    monkeypatch.setattr(archs, "get_architecture", lambda m: dataclasses.replace(real(m), detected=True))
+    out = save_pruned(model, None, tmp_path / "same", base="tiny", removed=[2], num_layers_before=6)
+    assert (out / "config.json").is_file()  # an unchanged cut reloads equal and is saved
+    get_layers(model)[1].self_attn.scaling *= 1.5
+    with pytest.raises(UsageError, match="reloads with different logits"):
+        save_pruned(model, None, tmp_path / "changed", base="tiny", removed=[2], num_layers_before=6)
+    assert not (tmp_path / "changed").exists()

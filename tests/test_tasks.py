@@ -6,6 +6,7 @@ import pytest
 from prunescope.errors import UsageError
 from prunescope.tasks import get_task, task_names
 from prunescope.tasks import arithmetic, brackets, gsm8k
+from prunescope.tasks.chance import chance_of
 from prunescope.tasks.sampling import partition_of
 
 REQUIRED = ["arith_add_1d_gen", "arith_add_1d_mc", "arith_add_2d_gen", "arith_add_2d_mc", "arith_sub_2d_gen",
@@ -39,7 +40,7 @@ def test_items_are_deterministic_and_well_formed(name):
         if task.kind == "multiple_choice":
             assert len(set(item.choices)) == len(item.choices) >= 2
             assert item.choices[item.gold] == item.target
-            assert task.chance == pytest.approx(1 / len(item.choices))
+            assert chance_of(task.kind, a)[0] >= 1 / len(item.choices)
         else:
             assert task.check(item, item.target), (item.prompt, item.target)
             assert not task.check(item, item.target + " 1" if "copy" in name else " 99999 )")
@@ -80,9 +81,11 @@ def test_arithmetic_answers_and_distractors():
     assert arithmetic.first_int(" 1,024 apples") == 1024 and arithmetic.first_int(" no") is None
 
 
-def test_first_digit_probe_is_ten_way_with_chance_tenth():
+def test_first_digit_probe_is_ten_way_with_chance_the_majority_digit():
     task = get_task("arith_mixed_first_digit")
-    assert task.kind == "multiple_choice" and task.chance == 0.1
+    items = task.items(200)
+    ones = sum(i.gold == 1 for i in items) / len(items)  # the commonest first digit (Benford-like)
+    assert task.kind == "multiple_choice" and chance_of(task.kind, items)[0] == pytest.approx(ones) and ones > 0.25
     for item in task.items(20):
         assert item.choices == [f" {d}" for d in range(10)]
         assert item.gold == int(str(item.meta["value"])[0])
@@ -169,11 +172,11 @@ def test_user_yaml_tasks(tmp_path):
         "name: capitals\nkind: multiple_choice\ndata: caps.jsonl\nprompt: 'Capital of {country}?'\n"
         "choices: options\ngold: answer\nfewshot: 2\n")
     task = get_task(str(tmp_path / "caps.yaml"))
-    assert task.kind == "multiple_choice" and task.chance == pytest.approx(1 / 3)
+    assert task.kind == "multiple_choice" and task.chance is None
     ev, ca = task.items(None), task.items(None, split="calib")
     assert len(ev) + len(ca) == 28 and not {i.prompt for i in ev} & {i.prompt for i in ca}
     assert ev[0].prompt.startswith("Capital of France 0? Paris\n\n")
-    assert ev[0].choices[ev[0].gold] == " " + rows[int(ev[0].prompt.rsplit(" ", 1)[-1][:-1])]["answer"]
+    assert ev[0].choices[ev[0].gold] == " " + rows[int(ev[0].prompt.rsplit(" ", 1)[-1][:-1])]["answer"] + "\n"
 
     (tmp_path / "gen.yaml").write_text("name: g\nkind: generate\ndata: caps.jsonl\nprompt: '{country}:'\n"
                                        "answer: answer\nmatch: contains\n")
@@ -206,7 +209,10 @@ def test_lmeval_bridge_maps_results(monkeypatch):
         return {"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.05, "acc_norm,none": 0.62}},
                 "n-samples": {"piqa": {"original": 1838, "effective": 10}},
                 "configs": {"piqa": {"output_type": "multiple_choice"}},
-                "samples": {"piqa": [{"doc_id": i, "target": 0, "acc": float(i < 6), "arguments": [1, 2],
+                # six two-way items and four four-way items: 1/k = (6 * 1/2 + 4 * 1/4) / 10 = 0.4; the golds
+                # spread over positions (3, 3, 2, 2 of 10), so no fixed position beats it
+                "samples": {"piqa": [{"doc_id": i, "target": i % 2 if i % 5 < 3 else 2 + i % 2, "acc": float(i < 6),
+                                      "arguments": [1, 2] if i % 5 < 3 else [1, 2, 3, 4],
                                       "filtered_resps": []} for i in range(10)]}}
 
     fake = types.ModuleType("lm_eval")
@@ -222,10 +228,23 @@ def test_lmeval_bridge_maps_results(monkeypatch):
     metrics, samples = task.evaluate_fn("MODEL", "TOK", limit=10, seed=0, batch_size=8)
     assert calls == {"hflm": ("MODEL", "TOK", 8), "tasks": ["piqa"], "limit": 10}
     assert metrics["accuracy"] == 0.6 and metrics["n"] == 10 and metrics["correct"] == 6
-    assert metrics["chance"] == 0.5 and metrics["kind"] == "multiple_choice"
-    assert metrics["lmeval"]["acc_norm,none"] == 0.62 and len(samples) == 10
+    assert metrics["chance"] == pytest.approx(0.4) and metrics["kind"] == "multiple_choice"
+    assert metrics["lmeval"]["acc_norm,none"] == 0.62 and "acc,none" not in metrics["lmeval"]
+    assert [s["correct"] for s in samples] == [1.0] * 6 + [0.0] * 4
+    assert [s["id"] for s in samples] == list(range(10)) and {s["task"] for s in samples} == {"lmeval:piqa"}
     with pytest.raises(UsageError, match="no results"):
         map_results("arc_easy", {"results": {}})
+    # N-shot per task: lmeval:<task>:<N> passes num_fewshot and records it
+    seen = {}
+    fake.simple_evaluate = lambda model, tasks, limit, **kw: seen.update(kw) or simple_evaluate(model, tasks, limit)
+    shot = get_task("lmeval:piqa:5")
+    assert shot.name == "lmeval:piqa:5"
+    metrics, samples = shot.evaluate_fn("MODEL", "TOK", limit=10, seed=0, batch_size=8)
+    assert seen["num_fewshot"] == 5 and metrics["num_fewshot"] == 5 and samples[0]["task"] == "lmeval:piqa:5"
+    get_task("lmeval:piqa").evaluate_fn("MODEL", "TOK", limit=10, seed=0, batch_size=8)
+    assert seen["num_fewshot"] is None
+    with pytest.raises(UsageError, match="number of shots"):
+        get_task("lmeval:piqa:")
 
 
 def test_lmeval_local_task_file_runs_on_the_in_memory_model(tmp_path, monkeypatch):
@@ -236,8 +255,12 @@ def test_lmeval_local_task_file_runs_on_the_in_memory_model(tmp_path, monkeypatc
     from prunescope.eval import evaluate
     from common import make_tiny_model, make_tokenizer
 
-    rows = [{"question": f"{a} + {b} =", "choices": [str(a + b), str(a + b + 1), "x", "y"], "label": 0}
-            for a in range(4) for b in range(3)]
+    rows = []
+    for a in range(4):
+        for b in range(3):  # the right sum at every position in turn: chance 1/4
+            choices = [str(a + b + 1), "x", "y"]
+            choices.insert((3 * a + b) % 4, str(a + b))
+            rows.append({"question": f"{a} + {b} =", "choices": choices, "label": (3 * a + b) % 4})
     (tmp_path / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task_file = tmp_path / "toy_add.yaml"
     task_file.write_text(f"task: toy_add\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"

@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kw["choices"] = f.metadata["choices"]
         if not flag_name(f).startswith("-"):  # a positional argument (flag spelled without dashes)
             kw.pop("dest")
-            if default is not None:
+            if is_list:  # a positional list takes any number of words: `tasks --check a b`
+                kw["nargs"], kw["type"] = "*", _scalar_parser(tp, flag_name(f))
+            elif default is not None:
                 kw["nargs"] = "?"
         parser.add_argument(flag_name(f), **kw)
 

@@ -34,18 +34,29 @@ class CriterionResult:
 
 @dataclass
 class ScoringContext:
-    """Everything a criterion may need. ``calibration_batches()`` tokenizes the calibration text on
-    first use, so criteria that ignore it (reverse, random) cost nothing."""
+    """Everything a criterion may need. ``calibration_batches()`` builds the calibration set on first
+    use, so criteria that ignore it (reverse, random) cost nothing.
+
+    Named deviations from the references (each recorded in scores.json by the criteria it affects):
+    ``plus_rule`` (taylor, ppl: keep the first 4 and last 2 blocks, Shortened LLaMA's "+" rule),
+    ``angular_tokens`` ("last": the last non-padded token as in Gromov et al.; "all": every token),
+    ``greedy_objective`` ("generate": accuracy of greedy generation as in the seed paper;
+    "teacher_forced": the answer's teacher-forced probability, a fast proxy)."""
     model: Any
     tokenizer: Any
     calib: Any = None
     num_layers: int | None = None
     seed: int = 0
     max_calib_tokens: int | None = None
+    calib_samples: int | None = None
+    calib_seq_len: int | None = None
     tasks: list[str] | None = None
     task_scorer: Callable | None = None
     progress: bool = True
     fast: bool = True  # reuse activations before the skipped layer; False = the naive loop (for checks)
+    plus_rule: bool = True
+    angular_tokens: str = "last"
+    greedy_objective: str = "generate"
     _batches: list | None = None
     _calib_info: dict | None = None
 
@@ -55,16 +66,12 @@ class ScoringContext:
         return num_layers(self.model)
 
     def calibration_batches(self):
-        """The calibration text as padded token batches (built once)."""
+        """The calibration set as padded token batches (built once; see ``calibration.calibration_batches``)."""
         if self._batches is None:
-            from prunescope.criteria.calibration import (context_limit, describe_calibration, load_calibration_texts,
-                                                         make_batches)
-            texts = load_calibration_texts(self.calib, max_tokens=self.max_calib_tokens)
-            self._batches = make_batches(self.tokenizer, texts, max_tokens=self.max_calib_tokens,
-                                         device=_input_device(self.model),
-                                         seq_len=context_limit(self.model))
-            self._calib_info = {"calib": describe_calibration(self.calib), "calib_texts": len(texts),
-                                "calib_tokens": int(sum(int(b.attention_mask.sum()) for b in self._batches))}
+            from prunescope.criteria.calibration import calibration_batches
+            self._batches, self._calib_info = calibration_batches(
+                self.model, self.tokenizer, self.calib, samples=self.calib_samples, seq_len=self.calib_seq_len,
+                seed=self.seed, max_tokens=self.max_calib_tokens, device=_input_device(self.model))
         return self._batches
 
 
@@ -88,6 +95,23 @@ def order_from_scores(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (scores[i], i))
 
 
+PLUS_FIRST, PLUS_LAST = 4, 2  # Shortened LLaMA's "+" rule: these blocks are never pruned
+
+
+def plus_rule_layers(total: int) -> list[int]:
+    """The blocks Shortened LLaMA's "+" heuristic keeps (``src/block_prune.py``: ``keep_block_info``):
+    the first 4 and the last 2."""
+    return sorted({i for i in range(total) if i < PLUS_FIRST or i >= total - PLUS_LAST})
+
+
+def protected_order(scores: list[float], protected: list[int]) -> list[int]:
+    """Ascending-score order with the ``protected`` blocks moved to the end (they are cut only when a
+    cut asks for more blocks than the others), each part sorted by score, ties to the lower index."""
+    keep = set(protected)
+    order = order_from_scores(scores)
+    return [i for i in order if i not in keep] + [i for i in order if i in keep]
+
+
 def rank_scores(order: list[int]) -> list[float]:
     """Scores from a removal order: the layer at position ``i`` of the order gets ``i / (L - 1)``, so the
     first removed scores 0 and the last-kept scores 1 (used by the order-only and iterative criteria)."""
@@ -103,27 +127,40 @@ def model_name(model) -> str:
 
 
 def score_layers(model, tokenizer, criterion: str, *, calib=None, num_layers: int | None = None, seed: int = 0,
-                 max_calib_tokens: int | None = None, tasks: list[str] | None = None, task_scorer=None,
+                 max_calib_tokens: int | None = None, calib_samples: int | None = None,
+                 calib_seq_len: int | None = None, tasks: list[str] | None = None, task_scorer=None,
+                 plus_rule: bool = True, angular_tokens: str = "last", greedy_objective: str = "generate",
                  progress: bool = True) -> dict:
     """Score every decoder block of ``model`` with ``criterion`` (see ``CRITERIA.names()``).
 
-    ``calib``: None (the built-in calibration set), a JSONL path (``{"text": ...}`` per line), a list of
-    strings, or a hub dataset id (``name`` or ``name:config``). ``num_layers``: the block size ``n`` for
+    ``calib``: None (the shipped public-domain corpus), ``wikitext-2``, a hub dataset id (``name`` or
+    ``name:config``), a JSONL path (``{"text": ...}`` per line) or a list of strings; a corpus gives
+    ``calib_samples`` (default 64) seeded random windows of ``calib_seq_len`` (default 512) tokens,
+    ``max_calib_tokens`` caps the total (see ``criteria.calibration``). ``num_layers``: the block size ``n`` for
     ``angular`` (default 1) and the number of greedy removals for ``sleb`` / ``greedy_task`` (default a
     quarter of the layers); other criteria ignore it. ``tasks`` / ``task_scorer``: for ``greedy_task``.
+    ``plus_rule``, ``angular_tokens``, ``greedy_objective``: named deviations from the references,
+    see ``ScoringContext``.
 
     Returns the scores.json content: ``{model, criterion, num_layers, scores, order, config}`` where
     ``scores`` has one entry per layer (higher = more important) and ``order`` lists all layers, least
     important first. The model is left unchanged.
     """
     return compute_scores(model, tokenizer, criterion, calib=calib, num_layers=num_layers, seed=seed,
-                          max_calib_tokens=max_calib_tokens, tasks=tasks, task_scorer=task_scorer, progress=progress)
+                          max_calib_tokens=max_calib_tokens, calib_samples=calib_samples, calib_seq_len=calib_seq_len,
+                          tasks=tasks, task_scorer=task_scorer, plus_rule=plus_rule, angular_tokens=angular_tokens,
+                          greedy_objective=greedy_objective, progress=progress)
 
 
 def compute_scores(model, tokenizer, criterion: str, *, fast: bool = True, **kwargs) -> dict:
     """``score_layers`` with the choice of the fast (activation-reusing) or naive evaluation path."""
     fn = CRITERIA.get(criterion)
     ctx = ScoringContext(model=model, tokenizer=tokenizer, fast=fast, **kwargs)
+    if ctx.angular_tokens not in ("last", "all"):
+        raise UsageError(f"--angular-tokens {ctx.angular_tokens!r}: choose last (the paper) or all")
+    if ctx.greedy_objective not in ("generate", "teacher_forced"):
+        raise UsageError(f"--greedy-objective {ctx.greedy_objective!r}: choose generate (the paper) or "
+                         f"teacher_forced (a fast proxy)")
     total = ctx.total_layers
     if num_layers := kwargs.get("num_layers"):
         if num_layers < 1 or num_layers >= total:

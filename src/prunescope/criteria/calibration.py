@@ -1,11 +1,26 @@
 """Calibration text: where it comes from and how it becomes token batches.
 
-Sources: the built-in set (``calibration.jsonl`` beside this module: short English, maths and code
-passages), a JSONL file with ``{"text": ...}`` per line, a list of strings, or a hub dataset id
-(``name`` or ``name:config``, via the ``datasets`` library).
+Like the references (SLEB ``utils/data_utils.py::get_wikitext2``, Shortened LLaMA ``src/dataset.py::
+get_examples``), a corpus is tokenized once and ``samples`` windows of ``seq_len`` tokens are drawn at
+seeded random offsets. The default is 64 windows of 512 tokens (32,768 tokens; SLEB used 128 x 2048
+of wikitext-2, Shortened LLaMA 10 x 128 of BookCorpus) from the corpus shipped in the package: five
+public-domain Shakespeare plays (``corpus/NOTICE.md``), so scoring works offline.
+
+Sources (``calib``):
+- None: the shipped corpus;
+- ``wikitext-2``: wikitext-2-raw-v1's train split from the hub (SLEB's corpus);
+- a hub dataset id ``name`` or ``name:config`` (first string column of the train split);
+- a JSONL file with ``{"text": ...}`` per line (a corpus, like a hub dataset);
+- a list of strings: used as given, one sequence per text (longer texts split into ``seq_len``
+  windows), no sampling.
+A corpus shorter than one window is used the same way as a list. What was used is recorded in
+scores.json (``config.calib*``).
 """
 from __future__ import annotations
 
+import gzip
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +28,13 @@ import torch
 
 from prunescope.errors import UsageError
 
-BUILTIN = Path(__file__).with_name("calibration.jsonl")
-SEQ_LEN = 256  # longer texts are split into windows of this many tokens
+CORPUS = Path(__file__).with_name("corpus") / "shakespeare.txt.gz"
+DEFAULT_SAMPLES = 64
+DEFAULT_SEQ_LEN = 512
+SEQ_LEN = 256  # task items and listed texts: longer ones are split into windows of this many tokens
 BATCH_TOKENS = 2048  # padded tokens per batch: bounds activation memory, keeps CPU batches efficient
-HUB_DEFAULT_TOKENS = 32768  # how much of a hub dataset to read when no --max-calib-tokens is given
+HUB_ALIASES = {"wikitext-2": "wikitext:wikitext-2-raw-v1", "wikitext2": "wikitext:wikitext-2-raw-v1"}
+HUB_OVERSAMPLE = 16  # read this many times the tokens to be drawn, so windows come from a wide span
 
 
 @dataclass
@@ -32,28 +50,34 @@ class Batch:
 
 def describe_calibration(calib) -> str:
     if calib is None:
-        return "builtin"
+        return f"builtin:{CORPUS.name}"
     if isinstance(calib, (list, tuple)):
         return f"list of {len(calib)} texts"
-    return str(calib)
+    return HUB_ALIASES.get(str(calib), str(calib))
+
+
+def _is_file_spec(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    # A hub id is ``name`` or ``org/name``; anything that exists or looks like a path is read as a file.
+    return path.exists() or path.suffix in (".jsonl", ".json", ".txt") or spec.startswith((".", "/", "~")) \
+        or spec.count("/") > 1
 
 
 def load_calibration_texts(calib=None, *, max_tokens: int | None = None) -> list[str]:
-    """The calibration texts for ``calib`` (see the module docstring)."""
+    """The calibration texts for ``calib`` (see the module docstring); ``max_tokens`` bounds how much
+    of a hub dataset is read."""
     if calib is None:
-        return read_jsonl_texts(BUILTIN)
+        with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
+            return [f.read()]
     if isinstance(calib, (list, tuple)):
         texts = [t for t in calib if isinstance(t, str) and t.strip()]
         if not texts:
             raise UsageError("calib: the list of calibration texts is empty")
         return texts
     spec = str(calib)
-    path = Path(spec).expanduser()
-    # A hub id is ``name`` or ``org/name``; anything that exists or looks like a path is read as a file.
-    if path.exists() or path.suffix in (".jsonl", ".json", ".txt") or spec.startswith((".", "/", "~")) \
-            or spec.count("/") > 1:
-        return read_jsonl_texts(path)
-    return _hub_texts(spec, max_tokens or HUB_DEFAULT_TOKENS)
+    if _is_file_spec(spec):
+        return read_jsonl_texts(Path(spec).expanduser())
+    return _hub_texts(HUB_ALIASES.get(spec, spec), max_tokens or DEFAULT_SAMPLES * DEFAULT_SEQ_LEN * HUB_OVERSAMPLE)
 
 
 def read_jsonl_texts(path: Path) -> list[str]:
@@ -72,7 +96,7 @@ def read_jsonl_texts(path: Path) -> list[str]:
 
 def _hub_texts(spec: str, max_tokens: int) -> list[str]:
     """Texts from a hub dataset (first string column of the train split), about ``max_tokens`` worth."""
-    hint = "pass a local file instead: --calib FILE.jsonl with one {\"text\": ...} per line"
+    hint = "pass a local file instead: --calib FILE.jsonl with one {\"text\": ...} per line, or omit --calib"
     try:
         import datasets
     except ImportError:
@@ -100,8 +124,47 @@ def _hub_texts(spec: str, max_tokens: int) -> list[str]:
     return texts
 
 
+def context_limit(model, default: int = SEQ_LEN) -> int:
+    """``default``, or less when the model's position table is shorter."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(default, int(limit)) if isinstance(limit, int) and limit > 1 else default
+
+
+_TOKEN_CACHE: dict = {}
+
+
+def _corpus_ids(tokenizer, texts: list[str], key) -> list[int]:
+    """The corpus as one token sequence (texts joined by blank lines, no special tokens), cached per
+    tokenizer and source so repeated scoring in one process tokenizes once."""
+    cache_key = (id(tokenizer), getattr(tokenizer, "name_or_path", ""), key)
+    if cache_key not in _TOKEN_CACHE:
+        _TOKEN_CACHE.clear()  # one corpus at a time: they can be large
+        _TOKEN_CACHE[cache_key] = tokenizer("\n\n".join(texts), add_special_tokens=False).input_ids
+    return _TOKEN_CACHE[cache_key]
+
+
+def sample_windows(ids: list[int], *, samples: int, seq_len: int, seed: int,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """``samples`` windows of ``seq_len`` tokens at offsets drawn with ``random.Random(seed)`` as SLEB's
+    ``get_wikitext2`` does (``randint(0, n - seq_len - 1)``); ``max_tokens`` truncates the set."""
+    rng = random.Random(seed)
+    out, total = [], 0
+    for _ in range(samples):
+        start = rng.randint(0, len(ids) - seq_len - 1)
+        window = ids[start:start + seq_len]
+        if max_tokens is not None and total + len(window) > max_tokens:
+            window = window[:max_tokens - total]
+            if len(window) >= 2:
+                out.append(window)
+            break
+        out.append(window)
+        total += len(window)
+    return out
+
+
 def tokenize_texts(tokenizer, texts: list[str], *, max_tokens: int | None = None, seq_len: int = SEQ_LEN):
-    """Token id lists, long texts split into ``seq_len`` windows, stopping at ``max_tokens`` in total."""
+    """Token id lists, one per text (long texts split into ``seq_len`` windows), stopping at ``max_tokens``."""
     seqs, total = [], 0
     for text in texts:
         ids = tokenizer(text).input_ids
@@ -119,16 +182,43 @@ def tokenize_texts(tokenizer, texts: list[str], *, max_tokens: int | None = None
     return seqs
 
 
-def context_limit(model, default: int = SEQ_LEN) -> int:
-    """``default``, or less when the model's position table is shorter."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return min(default, int(limit)) if isinstance(limit, int) and limit > 1 else default
+def calibration_batches(model, tokenizer, calib=None, *, samples: int | None = None, seq_len: int | None = None,
+                        seed: int = 0, max_tokens: int | None = None, device="cpu") -> tuple[list[Batch], dict]:
+    """The calibration set of ``calib`` as batches, and what to record about it in scores.json.
+
+    A corpus gives ``samples`` (default 64) random windows of ``seq_len`` (default 512) tokens. When the
+    model's context is shorter than ``seq_len``, windows shrink to it and their number grows so the
+    token count stays. Every token but the first of each sequence is scored."""
+    samples = samples or DEFAULT_SAMPLES
+    want_len = seq_len or DEFAULT_SEQ_LEN
+    if samples < 1 or want_len < 2:
+        raise UsageError(f"--calib-samples must be at least 1 and --calib-seq-len at least 2 "
+                         f"(got {samples} and {want_len})")
+    seq_len = context_limit(model, want_len)
+    if seq_len < want_len:
+        samples = math.ceil(samples * want_len / seq_len)
+    texts = load_calibration_texts(calib, max_tokens=samples * seq_len * HUB_OVERSAMPLE)
+    info = {"calib": describe_calibration(calib), "calib_seed": seed}
+    ids = None
+    if not isinstance(calib, (list, tuple)):
+        ids = _corpus_ids(tokenizer, texts, describe_calibration(calib))
+    if ids is not None and len(ids) > seq_len + 1:
+        seqs = sample_windows(ids, samples=samples, seq_len=seq_len, seed=seed, max_tokens=max_tokens)
+        info.update(calib_mode="random_windows", calib_samples=len(seqs), calib_seq_len=seq_len,
+                    calib_corpus_tokens=len(ids))
+    else:
+        seqs = tokenize_texts(tokenizer, texts, max_tokens=max_tokens, seq_len=seq_len)
+        info.update(calib_mode="texts", calib_texts=len(texts), calib_samples=len(seqs), calib_seq_len=seq_len)
+    if not seqs:
+        raise UsageError("the calibration set has no text with at least two tokens")
+    batches = pack(tokenizer, [(s, [False] + [True] * (len(s) - 1), 0) for s in seqs], device=device)
+    info["calib_tokens"] = int(sum(len(s) for s in seqs))
+    return batches, info
 
 
 def make_batches(tokenizer, texts: list[str], *, max_tokens: int | None = None, device="cpu",
                  seq_len: int = SEQ_LEN) -> list[Batch]:
-    """Calibration texts as batches where every real token but the first of each sequence is scored."""
+    """Listed texts as batches where every real token but the first of each sequence is scored."""
     seqs = tokenize_texts(tokenizer, texts, max_tokens=max_tokens, seq_len=seq_len)
     if not seqs:
         raise UsageError("the calibration set has no text with at least two tokens")

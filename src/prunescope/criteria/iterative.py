@@ -1,6 +1,6 @@
 """Iterative criteria: remove one block at a time, each time the one whose removal hurts least.
 
-Both run in memory with virtual removal (``skip_layers``) and, for the built-in objectives, the
+Both run in memory with virtual removal (``skip_layers``) and, for the loss-based objectives, the
 shared fast path (``activations.skip_scan``). They stop after ``num_layers`` removals (default a
 quarter of the layers). ``order`` is the greedy removal sequence followed by the remaining layers,
 least harmful first, as judged in the last step; scores are rank-based (position ``i`` of the order
@@ -28,90 +28,156 @@ def _steps(ctx: ScoringContext) -> int:
     return ctx.num_layers or max(1, ctx.total_layers // 4)
 
 
-def greedy(ctx: ScoringContext, name: str, evaluate: Callable[[list[int], object], dict[int, float]],
-           units_per_step: int = 1) -> CriterionResult:
-    """Remove ``_steps(ctx)`` blocks greedily; ``evaluate(removed, bar)`` maps each remaining candidate
-    to the objective (higher = better preserved) with that candidate also removed."""
+def greedy(ctx: ScoringContext, name: str, evaluate: Callable[[list[int], list[int], object], dict[int, float]],
+           candidates: Callable[[list[int]], list[int]], *, later_wins_ties: bool,
+           units_per_candidate: int = 1) -> CriterionResult:
+    """Remove ``_steps(ctx)`` blocks greedily. ``candidates(removed)`` lists the blocks that may go next;
+    ``evaluate(removed, candidates, bar)`` maps each to the objective (higher = better preserved) with
+    that candidate also removed. Ties go to the later index when ``later_wins_ties``, else the earlier.
+    The order ends with the last step's remaining candidates (best preserved first), then the blocks
+    that were never candidates."""
     total, steps = ctx.total_layers, _steps(ctx)
     removed: list[int] = []
     history, values = [], {}
-    work = sum(total - k for k in range(steps)) * units_per_step
+    sign = 1 if later_wins_ties else -1
+    work = sum(len(candidates(list(range(k)))) for k in range(steps)) * units_per_candidate  # an estimate
     with tqdm(total=work, desc=name, disable=not ctx.progress, file=sys.stderr) as bar:
         for _ in range(steps):
-            values = evaluate(removed, bar)
-            best = max(values, key=lambda c: (values[c], -c))
+            allowed = candidates(removed)
+            if not allowed:
+                raise UsageError(f"{name}: no block may be removed after {removed}; ask for fewer layers")
+            values = evaluate(removed, allowed, bar)
+            best = max(values, key=lambda c: (values[c], sign * c))
             removed.append(best)
             history.append({"removed": best, "objective": values[best]})
-    rest = sorted((c for c in values if c not in removed), key=lambda c: (-values[c], c))
-    order = removed + rest
+    rest = sorted((c for c in values if c not in removed), key=lambda c: (-values[c], -sign * c))
+    never = [i for i in range(total) if i not in removed and i not in rest]
+    order = removed + rest + never
     return CriterionResult(scores=rank_scores(order), order=order, info={"removals": steps, "steps": history})
+
+
+def _alive(total: int, removed: list[int]) -> list[int]:
+    return [i for i in range(total) if i not in set(removed)]
 
 
 @register_criterion("sleb")
 def sleb(ctx: ScoringContext) -> CriterionResult:
-    """SLEB (Song et al. 2024): repeatedly remove the block whose removal increases the calibration loss
-    least. The objective recorded per step is minus the calibration loss after that removal."""
+    """SLEB (Song et al. 2024; github.com/jiwonsong-dev/SLEB, ``sleb.py``): repeatedly remove the block
+    whose removal increases the calibration loss least. As in the reference (``early_barrier =
+    latter_barrier = 1``), the first and the last block still alive are never candidates, and a tie
+    goes to the earlier block (``if loss < min_loss``). The objective recorded per step is minus the
+    calibration loss (mean token NLL) after that removal."""
     batches = ctx.calibration_batches()
+    total = ctx.total_layers
 
-    def evaluate(removed, bar):
-        _, skipped = skip_scan(ctx.model, batches, removed=removed, fast=ctx.fast, progress=bar)
+    def evaluate(removed, allowed, bar):
+        _, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=ctx.fast, progress=bar)
         return {c: -mean_loss(s) for c, s in skipped.items()}
 
-    return greedy(ctx, "sleb", evaluate, units_per_step=len(batches))
+    result = greedy(ctx, "sleb", evaluate, lambda removed: _alive(total, removed)[1:-1], later_wins_ties=False,
+                    units_per_candidate=len(batches))
+    result.info.update(barriers={"early": 1, "latter": 1})
+    return result
 
 
 @register_criterion("greedy_task")
 def greedy_task(ctx: ScoringContext) -> CriterionResult:
-    """The iterative ablation of Shrestha et al. (2026): repeatedly remove the block whose removal best
-    preserves the baseline-normalised task score, averaged over tasks.
+    """The iterative ablation of Shrestha et al. (2026), seed paper ``layer_pruner/script.py``:
+    repeatedly remove the block whose removal best preserves the task score, each task's score divided
+    by the unpruned model's (0 when that is 0), averaged over tasks. Block 0 is never removed and a
+    tie goes to the later block.
 
-    With ``task_scorer`` (``fn(model) -> float``, higher = better) the score is ``fn(model) / fn(base)``
-    and each candidate is evaluated by running the scorer on the virtually pruned model. Without it,
-    each task (``tasks``, default arith_add_1d_gen and brackets_gen) contributes items from its
-    ``calib`` split (disjoint from evaluation items); an item's score is its teacher-forced answer
-    probability exp(mean log p(target token)) given the rendered prompt; a task's score is the mean
-    over its items, divided by the unpruned model's."""
+    The default objective (``greedy_objective="generate"``) is what the paper measures: accuracy of
+    greedy generation (multiple-choice tasks: their log-likelihood accuracy) on ``ITEMS_PER_TASK``
+    items of each task's ``calib`` split (disjoint from evaluation items); ``tasks`` default to
+    arith_add_1d_gen and brackets_gen. ``greedy_objective="teacher_forced"`` is a fast proxy: an
+    item's score is its answer's teacher-forced probability exp(mean log p(target token)).
+    ``task_scorer`` (``fn(model) -> float``, higher = better) replaces the objective altogether."""
+    total = ctx.total_layers
+    candidates = lambda removed: [i for i in _alive(total, removed) if i != 0]  # noqa: E731
     if ctx.task_scorer is not None:
-        return _greedy_with_scorer(ctx)
+        return _greedy_with_scorer(ctx, candidates, lambda model: [float(ctx.task_scorer(model))],
+                                   getattr(ctx.task_scorer, "__name__", "custom"), None)
     tasks = ctx.tasks or DEFAULT_TASKS
+    if ctx.greedy_objective == "generate":
+        return _greedy_with_scorer(ctx, candidates, _accuracy_scorer(ctx, tasks), "generation_accuracy", tasks)
     batches = _task_batches(ctx, tasks)
     groups = torch.cat([b.groups for b in batches])
     baseline: list[torch.Tensor] = []
 
-    def objective(stats: torch.Tensor) -> float:
+    def per_task(stats: torch.Tensor) -> torch.Tensor:
         item = torch.exp(stats[:, 0] / stats[:, 1].clamp(min=1)).double()
-        per_task = torch.stack([item[groups == g].mean() for g in range(len(tasks))])
-        if not baseline:
-            baseline.append(per_task.clamp(min=1e-30))
-        return float((per_task / baseline[0]).mean())
+        return torch.stack([item[groups == g].mean() for g in range(len(tasks))])
 
-    def evaluate(removed, bar):
-        base, skipped = skip_scan(ctx.model, batches, removed=removed, fast=ctx.fast, progress=bar)
+    def evaluate(removed, allowed, bar):
+        base, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=ctx.fast,
+                                  progress=bar)
         if not baseline:
-            objective(base)
-        return {c: objective(s) for c, s in skipped.items()}
+            baseline.append(per_task(base))
+        return {c: _normalised(per_task(s).tolist(), baseline[0].tolist()) for c, s in skipped.items()}
 
-    result = greedy(ctx, "greedy_task", evaluate, units_per_step=len(batches))
-    result.info.update(tasks=tasks, items_per_task=ITEMS_PER_TASK, scorer="answer_probability",
-                       baseline=[float(x) for x in baseline[0]])
+    result = greedy(ctx, "greedy_task", evaluate, candidates, later_wins_ties=True, units_per_candidate=len(batches))
+    result.info.update(tasks=tasks, items_per_task=ITEMS_PER_TASK, objective="teacher_forced",
+                       scorer="answer_probability", baseline=[float(x) for x in baseline[0]])
     return result
 
 
-def _greedy_with_scorer(ctx: ScoringContext) -> CriterionResult:
-    base_score = float(ctx.task_scorer(ctx.model))
-    scale = base_score if base_score > 0 else 1.0
+def _normalised(scores: list[float], baseline: list[float]) -> float:
+    """The seed paper's objective: mean over tasks of score / baseline score (0 where the baseline is 0)."""
+    return sum(s / b if b > 0 else 0.0 for s, b in zip(scores, baseline)) / len(scores)
 
-    def evaluate(removed, bar):
+
+def _greedy_with_scorer(ctx: ScoringContext, candidates, scorer: Callable[[object], list[float]], name: str,
+                        tasks: list[str] | None) -> CriterionResult:
+    """Greedy removal where each candidate is judged by running ``scorer`` (per-task scores) on the
+    virtually pruned model."""
+    baseline = scorer(ctx.model)
+
+    def evaluate(removed, allowed, bar):
         values = {}
-        for c in (i for i in range(ctx.total_layers) if i not in removed):
+        for c in allowed:
             with maybe_skip(ctx.model, [*removed, c]):
-                values[c] = float(ctx.task_scorer(ctx.model)) / scale
+                values[c] = _normalised(scorer(ctx.model), baseline)
             bar.update(1)
         return values
 
-    result = greedy(ctx, "greedy_task", evaluate)
-    result.info.update(scorer=getattr(ctx.task_scorer, "__name__", "custom"), baseline=[base_score])
+    result = greedy(ctx, "greedy_task", evaluate, candidates, later_wins_ties=True)
+    result.info.update(scorer=name, baseline=baseline,
+                       objective="custom" if tasks is None else ctx.greedy_objective)
+    if tasks is not None:
+        result.info.update(tasks=tasks, items_per_task=ITEMS_PER_TASK)
+        ctx._calib_info = {"calib": "tasks", "calib_items": ITEMS_PER_TASK * len(tasks)}
     return result
+
+
+def _accuracy_scorer(ctx: ScoringContext, tasks: list[str]) -> Callable[[object], list[float]]:
+    """``fn(model) -> [accuracy per task]`` on each task's calibration items, scored the way
+    ``prunescope eval`` scores them (greedy generation + the task's check; log-likelihood for
+    multiple choice)."""
+    from prunescope.eval.engine import resolve_batch_size
+    from prunescope.eval.runner import HFBackend, _run_generate, _run_multiple_choice
+    from prunescope.tasks import get_task
+    batch_size = resolve_batch_size(ctx.model, "auto")  # once: every candidate runs the same items
+    prepared = []
+    for name in tasks:
+        task = get_task(name)
+        if task.evaluate_fn is not None:
+            raise UsageError(f"greedy_task: {name} runs in another harness and has no calibration items; "
+                             f"choose built-in tasks with --tasks")
+        items = task.items(ITEMS_PER_TASK, seed=ctx.seed, split="calib")
+        if not items:
+            raise UsageError(f"greedy_task: {name} has no calibration items")
+        prepared.append((task, items))
+
+    def scorer(model) -> list[float]:
+        out = []
+        for task, items in prepared:
+            run = _run_multiple_choice if task.kind == "multiple_choice" else _run_generate
+            flags, _, _ = run(task, items, HFBackend(model, ctx.tokenizer), ctx.tokenizer, batch_size=batch_size,
+                              chat=None, progress=False)
+            out.append(sum(flags) / len(flags))
+        return out
+    return scorer
 
 
 def _task_batches(ctx: ScoringContext, tasks: list[str]):

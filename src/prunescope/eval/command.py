@@ -10,7 +10,7 @@ HELP = "Evaluate a model on classification and generation tasks; writes metrics.
 
 @dataclass
 class Config:
-    tasks: list[str] = field(default_factory=list, help="comma-separated task names (see `prunescope tasks`), lmeval:<task>, or task.yaml files")
+    tasks: list[str] = field(default_factory=list, help="comma-separated task names (see `prunescope tasks`), lmeval:<task> or lmeval:<task>:<shots> (e.g. lmeval:arc_easy:5), or task.yaml files")
     model: str = field("smollm2-135m", help="hub id, local folder, .gguf file, or smollm2-135m")
     out: str | None = field(None, help="path of metrics.json to write (samples.jsonl goes beside it)")
     limit: int | None = field(None, help="items per task (default: every item of a dataset, 200 of a synthetic probe)")

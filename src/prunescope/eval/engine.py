@@ -21,7 +21,13 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-CPU_BATCH = 16
+from prunescope.eval import prefix as shared
+from prunescope.eval.batching import CPU_BATCH, BatchSizer, run_batches
+from prunescope.eval.forward import (CACHE_KW, cache_of, forward, left_pad, model_device, pad_id, positions,
+                                     right_pad)
+
+__all__ = ["CACHE_KW", "CPU_BATCH", "auto_batch_size", "encode", "encode_pair", "generate", "loglikelihood",
+           "model_device", "resolve_batch_size", "right_pad", "score_choices", "truncate_at_stop"]
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -45,13 +51,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def auto_batch_size(model, *, tokens_per_sequence: int = 512) -> int:
-    """A batch size that fits: 16 on CPU (larger batches stop paying off there); on a GPU, as many
-    sequences as half the free memory holds in KV cache plus one row of logits, capped at 256."""
+    """A starting batch size: 16 on CPU (``batch_size="auto"`` then measures throughput on the real
+    batches, see ``prunescope.eval.batching``); on a GPU, as many sequences as half the free memory
+    holds in KV cache plus one row of logits, capped at 256 (halved on an out-of-memory error)."""
     device = model_device(model)
     if device.type != "cuda":
         return CPU_BATCH
@@ -67,54 +70,14 @@ def auto_batch_size(model, *, tokens_per_sequence: int = 512) -> int:
 
 
 def resolve_batch_size(model, batch_size: int | str, **kw) -> int:
+    """``batch_size`` as a number: an int as is, ``"auto"`` as ``auto_batch_size``'s starting point."""
     if batch_size == "auto" or batch_size is None:
         return auto_batch_size(model, **kw)
     return max(1, int(batch_size))
 
 
-def _cache_keyword() -> str:
-    """Transformers 5.x calls the KV cache argument ``cache``; older versions ``past_key_values``."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-    return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
-
-
-CACHE_KW = _cache_keyword()
-
-
-def _cache_of(out):
-    return getattr(out, CACHE_KW)
-
-
-def _forward(model, **kwargs):
-    if "cache" in kwargs and CACHE_KW != "cache":
-        kwargs[CACHE_KW] = kwargs.pop("cache")
-    try:
-        return model(**kwargs)
-    except TypeError:  # models without logits_to_keep
-        kwargs.pop("logits_to_keep", None)
-        return model(**kwargs)
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _pad_id(tokenizer) -> int:
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if t is not None:
-            return t
-    return 0
+def _sizer(model, batch_size, kind: str) -> BatchSizer:
+    return BatchSizer(model, batch_size, kind=kind, gpu_estimate=lambda: auto_batch_size(model))
 
 
 def _max_length(model) -> int | None:
@@ -123,11 +86,11 @@ def _max_length(model) -> int | None:
 
 
 @torch.inference_mode()
-def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> list[list[float]]:
+def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad: int) -> list[list[float]]:
     """Sum log-probs of each group's continuations given its context (one batch)."""
     device = model_device(model)
-    ctx_ids, ctx_mask = _left_pad([g[0] for g in groups], pad_id, device)
-    out = _forward(model, input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=_positions(ctx_mask),
+    ctx_ids, ctx_mask = left_pad([g[0] for g in groups], pad, device)
+    out = forward(model, input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=positions(ctx_mask),
                    use_cache=True, logits_to_keep=1)
     first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (groups, vocab)
     owner = [gi for gi, g in enumerate(groups) for _ in g[1]]
@@ -137,9 +100,9 @@ def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id
     scores = first_logp[owner_t, first_tok]
     rest_len = max(len(c) for c in conts) - 1
     if rest_len > 0:
-        cache = _cache_of(out)
+        cache = cache_of(out)
         cache.batch_select_indices(owner_t)  # expand each context's cache over its choices
-        inp = torch.full((len(conts), rest_len), pad_id, dtype=torch.long, device=device)
+        inp = torch.full((len(conts), rest_len), pad, dtype=torch.long, device=device)
         cmask = torch.zeros((len(conts), rest_len), dtype=torch.long, device=device)
         for i, c in enumerate(conts):
             if len(c) > 1:
@@ -148,7 +111,7 @@ def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id
         ctx_len = ctx_mask.sum(-1)[owner_t]
         pos = ctx_len[:, None] + torch.arange(rest_len, device=device)[None]
         mask = torch.cat([ctx_mask[owner_t], cmask], dim=1)
-        logits = _forward(model, input_ids=inp, attention_mask=mask, position_ids=pos, cache=cache,
+        logits = forward(model, input_ids=inp, attention_mask=mask, position_ids=pos, cache=cache,
                           use_cache=True).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         targets = torch.full((len(conts), rest_len), 0, dtype=torch.long, device=device)
@@ -165,13 +128,36 @@ def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id
     return result
 
 
+def _score_cluster(model, groups, cluster: shared.Cluster, group_scores, pad: int, sizer: BatchSizer, done,
+                   *, plain: bool = False) -> None:
+    """Score the groups of one cluster: sorted by length so batches hold similar lengths."""
+    prefix_cache = None if plain else shared.run_prefix(model, cluster.prefix)
+    p = len(cluster.prefix)
+    members = sorted(cluster.members, key=lambda g: -(len(groups[g][0]) + max(map(len, groups[g][1]))))
+    # Full attention tolerates padding between a row's real tokens, so contexts run whole in one pass;
+    # windowed attention needs rows without holes.
+    score_batch = shared.score_batch if shared.windowed_attention(model) else shared.score_batch_two_pass
+
+    def run(batch: list[int]) -> None:
+        chunk = [groups[g] for g in batch]
+        scored = _score_groups(model, chunk, pad) if plain else score_batch(model, prefix_cache, p, chunk, pad)
+        for g, s in zip(batch, scored):
+            group_scores[g] = s
+
+    def tokens(batch: list[int]) -> int:
+        return sum(len(groups[g][0]) - p + sum(map(len, groups[g][1])) for g in batch)
+
+    run_batches(members, sizer, run, tokens, on_done=done)
+
+
 def score_choices(model, tokenizer, items: list[tuple[str, list[str]]], *, batch_size: int | str = "auto",
-                  progress: bool = False, desc: str = "log-likelihood") -> list[list[float]]:
+                  progress: bool = False, desc: str = "log-likelihood", share_prefix: bool = True) -> list[list[float]]:
     """For each (context, continuations) pair, the sum log-prob of every continuation given the context.
 
     The context is encoded once per item and its KV cache is shared by all its continuations;
-    ``batch_size`` contexts go through each forward pass."""
-    bs = resolve_batch_size(model, batch_size)
+    ``batch_size`` contexts go through each forward pass (``"auto"``: see ``prunescope.eval.batching``).
+    With ``share_prefix`` the token prefix that contexts share (a few-shot block) runs once and its
+    KV cache serves every batch (``prunescope.eval.prefix``); the scores equal the plain path's."""
     max_len = _max_length(model)
     groups: list[tuple[list[int], list[list[int]]]] = []
     where: list[tuple[int, int, int, int]] = []  # (item, choice, group) for every non-empty continuation
@@ -195,19 +181,20 @@ def score_choices(model, tokenizer, items: list[tuple[str, list[str]]], *, batch
             room = max_len - max(map(len, conts))
             if len(ctx) > room:
                 groups[gi] = (ctx[-max(room, 1):], conts)
-    order = sorted(range(len(groups)), key=lambda g: -(len(groups[g][0]) + max(map(len, groups[g][1]))))
     group_scores: list[list[float]] = [[] for _ in groups]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
+    sizer = _sizer(model, batch_size, "loglikelihood")
     bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
-    i = 0
-    while i < len(order):
-        # ``bs`` contexts per forward pass, as many full sequences as a harness scoring one
-        # (context, continuation) pair per row; their continuations follow in one short pass.
-        batch = order[i:i + bs]
-        i += len(batch)
-        for g, s in zip(batch, _score_groups(model, [groups[g] for g in batch], pad)):
-            group_scores[g] = s
-        bar.update(len(batch) * len(items) / max(1, len(groups)))
+    per_group = len(items) / max(1, len(groups))
+    done = lambda n: bar.update(n * per_group)  # noqa: E731
+    ctxs = [g[0] for g in groups]
+    clusters = shared.find_clusters(ctxs) if share_prefix else [shared.Cluster([], list(range(len(groups))))]
+    for cluster in clusters:
+        try:
+            _score_cluster(model, groups, cluster, group_scores, pad, sizer, done)
+        except shared.Unshareable:  # a cache type that cannot be shared: plain path for this cluster
+            _score_cluster(model, groups, shared.Cluster([], cluster.members), group_scores, pad, sizer, done,
+                           plain=True)
     bar.close()
     out = [[0.0] * len(choices) for _, choices in items]
     for item_index, choice_index, g, k in where:
@@ -254,14 +241,14 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, stop: Sequence[str],
                     eos: set[int], use_cache: bool) -> list[str]:
     device = model_device(model)
-    pad = _pad_id(tokenizer)
-    ids, mask = _left_pad(prompts, pad, device)
+    pad = pad_id(tokenizer)
+    ids, mask = left_pad(prompts, pad, device)
     rows = list(range(len(prompts)))  # original index of each row still in the batch
     generated: list[list[int]] = [[] for _ in prompts]
     texts = [""] * len(prompts)
-    out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=use_cache,
+    out = forward(model, input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=use_cache,
                    logits_to_keep=1)
-    cache = _cache_of(out) if use_cache else None
+    cache = cache_of(out) if use_cache else None
     next_tok = out.logits[:, -1].argmax(-1)
     for step in range(max_new_tokens):
         keep = []
@@ -286,10 +273,10 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
         ids = torch.cat([ids, next_tok[:, None]], dim=1)
         if cache is not None:
             pos = mask.sum(-1, keepdim=True) - 1
-            out = _forward(model, input_ids=next_tok[:, None], attention_mask=mask, position_ids=pos,
+            out = forward(model, input_ids=next_tok[:, None], attention_mask=mask, position_ids=pos,
                            cache=cache, use_cache=True)
         else:
-            out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False,
+            out = forward(model, input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
                            logits_to_keep=1)
         next_tok = out.logits[:, -1].argmax(-1)
     return texts
@@ -297,25 +284,56 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None,
              batch_size: int | str = "auto", use_cache: bool = True, progress: bool = False,
-             desc: str = "generate") -> list[str]:
-    """Greedy continuations of ``prompts`` (batched, left padded, KV cache), each cut at the first stop
-    string (the stop string itself is not kept) or at end-of-sequence; special tokens are dropped."""
+             desc: str = "generate", share_prefix: bool = True) -> list[str]:
+    """Greedy continuations of ``prompts`` (batched, KV cache), each cut at the first stop string (the
+    stop string itself is not kept) or at end-of-sequence; special tokens are dropped.
+
+    Prompts are sorted by length and batched (``"auto"``: see ``prunescope.eval.batching``). With
+    ``share_prefix`` (and ``use_cache``) the token prefix the prompts share runs once and batches
+    continue from its KV cache without padding (``prunescope.eval.prefix``); otherwise batches are
+    left padded. Either way a finished sequence leaves its batch."""
     stop = list(stop or [])
-    bs = resolve_batch_size(model, batch_size)
     encoded = [encode(tokenizer, p) for p in prompts]
     max_len = _max_length(model)
     if max_len:
         encoded = [e[-(max_len - max_new_tokens):] if len(e) + max_new_tokens > max_len else e for e in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     eos = _eos_ids(model, tokenizer)
     outputs = [""] * len(prompts)
+    sizer = _sizer(model, batch_size, "generate")
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for start in range(0, len(order), bs):
-        chunk = order[start:start + bs]
-        texts = _generate_batch(model, tokenizer, [encoded[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                stop=stop, eos=eos, use_cache=use_cache)
-        for i, t in zip(chunk, texts):
-            outputs[i] = t
-        bar.update(len(chunk))
+    share = share_prefix and use_cache
+    clusters = shared.find_clusters(encoded) if share else [shared.Cluster([], list(range(len(prompts))))]
+    for cluster in clusters:
+        try:
+            _generate_cluster(model, tokenizer, encoded, cluster, outputs, sizer, bar, plain=not share,
+                              max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
+        except shared.Unshareable:
+            _generate_cluster(model, tokenizer, encoded, shared.Cluster([], cluster.members), outputs, sizer, bar,
+                              plain=True, max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
     bar.close()
     return outputs
+
+
+def _generate_cluster(model, tokenizer, encoded, cluster: shared.Cluster, outputs, sizer: BatchSizer, bar, *,
+                      plain: bool, max_new_tokens: int, stop, eos, use_cache: bool) -> None:
+    prefix_cache = None if plain else shared.run_prefix(model, cluster.prefix)
+    p = len(cluster.prefix)
+    members = sorted(cluster.members, key=lambda i: -len(encoded[i]))
+    new_tokens: dict[int, int] = {}
+
+    def run(batch: list[int]) -> None:
+        if plain:
+            texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], max_new_tokens=max_new_tokens,
+                                    stop=stop, eos=eos, use_cache=use_cache)
+        else:
+            counts: list[int] = []
+            texts = shared.generate_batch(model, tokenizer, prefix_cache, p, [encoded[i][p:] for i in batch],
+                                          max_new_tokens=max_new_tokens, stop=stop, eos=eos, counts=counts)
+            new_tokens.update(zip(batch, counts))
+        for i, t in zip(batch, texts):
+            outputs[i] = t
+
+    def tokens(batch: list[int]) -> int:  # real tokens run: prompt suffixes and generated tokens
+        return sum(len(encoded[i]) - p + new_tokens.get(i, max_new_tokens) for i in batch)
+
+    run_batches(members, sizer, run, tokens, on_done=bar.update)

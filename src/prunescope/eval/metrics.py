@@ -48,8 +48,11 @@ def summarise(flags: Sequence[bool], *, kind: str, chance: float) -> dict[str, A
 
 
 def add_retention(tasks: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> None:
-    """Add ``retention`` (and ``normalized_retention``) to every task also present in ``baseline``
-    (a metrics.json dict), in place."""
+    """Add ``retention``, ``retention_adj`` ((acc - chance) / (base - chance), None with an ``adj_note`` when
+    the base is within 0.10 of chance; see prunescope.stats) and ``normalized_retention`` to every task also
+    present in ``baseline`` (a metrics.json dict), in place. Paired intervals need the per-item samples:
+    the study's results.csv and report carry them."""
+    from prunescope.stats import adjusted_reason
     base_tasks = baseline.get("tasks", baseline)
     for name, m in tasks.items():
         b = base_tasks.get(name)
@@ -57,5 +60,10 @@ def add_retention(tasks: dict[str, dict[str, Any]], baseline: dict[str, Any]) ->
             continue
         m["baseline_accuracy"] = b["accuracy"]
         m["retention"] = retention(m["accuracy"], b["accuracy"])
+        chance = m.get("chance", b.get("chance"))
+        note = adjusted_reason(b["accuracy"], chance)
+        m["retention_adj"] = None if note else (m["accuracy"] - chance) / (b["accuracy"] - chance)
+        if note:
+            m["adj_note"] = note
         if "normalized" in m and b.get("normalized") is not None:
             m["normalized_retention"] = retention(m["normalized"], b["normalized"])

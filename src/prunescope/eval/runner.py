@@ -10,6 +10,7 @@ from prunescope.eval import engine
 from prunescope.eval.degeneration import degeneration
 from prunescope.eval.metrics import add_retention, proportion, summarise, wilson_interval, chance_normalised
 from prunescope.tasks import Task, get_task
+from prunescope.tasks.chance import adds_bos, chance_of
 
 
 def _model_name(model) -> str:
@@ -90,10 +91,20 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, see
         items = task.items(limit, seed=seed, split="eval")
         if not items:
             raise UsageError(f"task {task.name} has no evaluation items")
+        if task.kind == "multiple_choice" and tokenizer is not None:
+            from prunescope.tasks.rules import token_prefix_problems
+            problems = token_prefix_problems(task, items, tokenizer)
+            if problems:
+                raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
         run = _run_multiple_choice if task.kind == "multiple_choice" else _run_generate
         flags, extras, samples = run(task, items, backend, tokenizer, batch_size=batch_size, chat=chat,
                                      progress=progress)
-        metrics = {**summarise(flags, kind=task.kind, chance=task.chance), **extras}
+        # Chance from the items just scored: the best answer-blind strategy on them (tasks/chance.py).
+        chance, strategy = chance_of(task.kind, items)
+        metrics = {**summarise(flags, kind=task.kind, chance=chance), "chance_strategy": strategy, **extras}
+    if task.pair:
+        metrics["pair"] = {"task": task.pair, "matched": task.matched}
+    metrics["bos"] = adds_bos(tokenizer)
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     return metrics, samples
 

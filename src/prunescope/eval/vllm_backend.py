@@ -3,8 +3,10 @@
 vLLM loads its own copy of the model from a path or hub id, so it evaluates saved checkpoints (a pruned
 folder written by ``prunescope prune``), not an in-memory model. It offers the same two calls as the
 HF engine: greedy ``generate`` with stop strings, and ``score_choices`` (sum log-prob of each
-continuation, read from vLLM's prompt log-probs of context + continuation). Tests for it carry the
-``gpu`` marker; it is not exercised on CPU-only machines.
+continuation, read from vLLM's prompt log-probs of context + continuation). Automatic prefix caching is
+on (``enable_prefix_caching``): the few-shot block every prompt of a task repeats is computed once
+and its KV blocks are reused, as the HF engine does with ``prunescope.eval.prefix``. Tests for it
+carry the ``gpu`` marker; it is not exercised on CPU-only machines, which never import vLLM.
 """
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from prunescope.eval.engine import encode_pair, truncate_at_stop
 class VllmBackend:
     """A vLLM engine behind prunescope's backend interface."""
 
-    def __init__(self, model: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85, **kwargs):
+    def __init__(self, model: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
+                 enable_prefix_caching: bool = True, **kwargs):
         try:
             from vllm import LLM
         except ImportError:
             raise UsageError("--backend vllm needs vLLM and a GPU: pip install 'prunescope[vllm]'; "
                              "or use --backend hf") from None
-        self.llm = LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, **kwargs)
+        self.llm = LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       enable_prefix_caching=enable_prefix_caching, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None, **_) -> list[str]:

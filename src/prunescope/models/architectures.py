@@ -35,6 +35,7 @@ class Architecture:
     per_layer_fields: tuple[str, ...] = ()
     index_threshold_fields: tuple[str, ...] = ()
     layer_index_attrs: tuple[str, ...] = ("self_attn.layer_idx", "layer_idx")
+    index_dependent: tuple[str, ...] = ()
     lora_targets: tuple[str, ...] = ()
     detected: bool = field(default=False, compare=False)
 

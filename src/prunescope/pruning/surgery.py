@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator
 
+import torch
 import torch.nn as nn
 
 from prunescope.errors import UsageError
@@ -77,19 +78,54 @@ def _apply(model: nn.Module, removed: list[int]):
     return arch, blocks, old_config, old_indices
 
 
+def _gpt2_inverse_layer_scaling(model: nn.Module, moves: list[tuple[nn.Module, int, int]]) -> None:
+    """GPT-2 with ``scale_attn_by_inverse_layer_idx`` divides attention scores by (index + 1), fixed when
+    the block is built. A block moved from index ``i`` to ``j`` would reload dividing by ``j + 1``: its
+    query projection is multiplied by ``(j + 1) / (i + 1)`` and its ``scaling`` set to what a fresh
+    block ``j`` computes, so the in-memory cut and the reloaded one both equal the original block."""
+    config = model.config
+    if not getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        return
+    for block, old, new in moves:
+        if old == new:
+            continue
+        ratio = (new + 1) / (old + 1)
+        for attn, query in ((block.attn, "c_attn"), (getattr(block, "crossattention", None), "q_attn")):
+            if attn is None:
+                continue
+            proj, width = getattr(attn, query), attn.embed_dim
+            with torch.no_grad():  # Conv1D: weight is (in, out); the query is the first embed_dim outputs
+                proj.weight[:, :width].mul_(ratio)
+                if proj.bias is not None:
+                    proj.bias[:width].mul_(ratio)
+            scaling = attn.head_dim ** -0.5 if getattr(attn, "scale_attn_weights", True) else 1.0
+            attn.scaling = scaling / float(new + 1)
+
+
+# Fixes named by architectures.json's ``index_dependent``: fn(model, [(block, old index, new index)]).
+INDEX_FIXES = {"gpt2_inverse_layer_scaling": _gpt2_inverse_layer_scaling}
+
+
 def drop_layers(model: nn.Module, *, layers: Iterable[int]) -> nn.Module:
     """Remove decoder blocks ``layers`` (0-based indices into the current model) **in place**.
 
     Renumbers the kept blocks' layer indices, slices per-layer config lists by the removed indices,
     updates the layer count and records the cut in ``model.config.prunescope_removed_layers``
-    (indices of the original model, accumulated over repeated cuts). Generation with a KV cache
-    works afterwards. Returns the same model.
+    (indices of the original model, accumulated over repeated cuts). Blocks whose computation depends
+    on their index (architectures.json ``index_dependent``, e.g. GPT-2's inverse-layer attention
+    scaling) get that dependence baked into their weights, so the cut saves and reloads equal.
+    Generation with a KV cache works afterwards. Returns the same model.
     """
     layers = list(layers)
+    arch = get_architecture(model)
+    current = get_submodule(model, arch.layers)
+    kept_before = [(b, i) for i, b in enumerate(current) if i not in set(layers)]
     history = list(getattr(model.config, "prunescope_removed_layers", None) or [])
     original_total = len(get_submodule(model, get_architecture(model).layers)) + len(history)
     original_kept = [i for i in range(original_total) if i not in set(history)]
     _apply(model, layers)
+    for name in arch.index_dependent:
+        INDEX_FIXES[name](model, [(b, old, new) for new, (b, old) in enumerate(kept_before)])
     removed_now = [original_kept[i] for i in layers]
     model.config.prunescope_removed_layers = sorted(history + removed_now)
     return model

@@ -40,45 +40,24 @@ def _device(device: str) -> str:
     return device
 
 
-def _load_4bit(spec: str):
-    """The student in 4-bit NF4 for QLoRA (bitsandbytes, GPU only)."""
-    import torch
-    if not torch.cuda.is_available():
-        raise UsageError("--qlora needs a CUDA GPU (bitsandbytes 4-bit); drop --qlora on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UsageError("--qlora needs bitsandbytes: pip install bitsandbytes") from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from prunescope.models.loading import resolve_source
-    source, gguf = resolve_source(spec)
-    if gguf:
-        raise UsageError("--qlora loads safetensors checkpoints; convert the .gguf with prunescope prune first")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map={"": _device("auto")})
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.prunescope_source = spec
-    return model, tokenizer
-
-
 def run(config: Config) -> int:
     from prunescope.models import load_model
     from prunescope.recovery import recover
 
     device = _device(config.device)
     if config.qlora:
-        model, tokenizer = _load_4bit(config.model)
+        from prunescope.recovery.loading import load_4bit
+        model, tokenizer = load_4bit(config.model)
     else:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
-    teacher = teacher_tokenizer = None
+    teacher = None
     if config.teacher:
-        teacher, teacher_tokenizer = load_model(config.teacher, dtype=config.dtype if not config.qlora else "bfloat16",
-                                                device=device)
-    summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=teacher_tokenizer,
+        # A loader, not a loaded model: recover loads the teacher for its own phase and frees it before
+        # the student trains (and never loads it when the response cache is complete).
+        def teacher():
+            return load_model(config.teacher, dtype=config.dtype if not config.qlora else "bfloat16", device=device)
+        teacher.prunescope_source = config.teacher
+    summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=None,
                       config=RecoverConfig.from_config(config), out=config.out, overwrite=config.overwrite,
                       resume=config.resume)
     print(f"recovered in {summary['steps']} steps: {summary['tokens_seen']:,} tokens "

@@ -9,41 +9,65 @@ METHODS = ["lora", "partial", "full"]
 DATA_SOURCES = ["self", "dataset"]
 LOSSES = ["sft", "kd", "mix"]
 SCHEDULERS = ["constant", "linear", "cosine"]
+DECODING = ["sample", "greedy"]
+TRUNCATED = ["keep", "drop"]
+SWITCH = ["auto", "on", "off"]
+MASTER_WEIGHTS = ["fp32", "model"]
+DEFAULT_PROMPTS = "self-instruct"
 
 # Fields that change what a step computes; a checkpoint made with other values cannot be resumed.
 # (max_steps and save_every may change between runs: a larger --max-steps continues training.)
 RESUME_FIELDS = ("method", "lora_r", "lora_alpha", "lora_dropout", "partial_layers", "qlora", "data", "prompts",
-                 "prompts_data", "num_prompts", "filter_correct", "gen_max_new_tokens", "loss", "kd_topk",
-                 "kd_temperature", "kd_weight", "lr", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
-                 "grad_accum", "max_seq_len", "seed")
+                 "prompts_data", "num_prompts", "filter_correct", "gen_max_new_tokens", "gen_decoding",
+                 "gen_temperature", "gen_top_p", "truncated", "disjoint_from", "loss", "kd_topk",
+                 "kd_temperature", "kd_weight", "lr", "lr_scheduler", "warmup_steps", "adam_beta1", "adam_beta2",
+                 "weight_decay", "max_grad_norm", "batch_size", "grad_accum", "max_seq_len", "master_weights", "seed")
 
 
 @dataclass
 class RecoverConfig:
-    """How to heal a pruned model. The defaults follow the reference recipe (LoRA on all linear
-    projections, constant lr 2e-4, completion-only SFT on self-generated responses, one epoch) at a
-    rank small enough for CPU; the paper used QLoRA r=64, alpha=16, dropout 0.05."""
+    """How to heal a pruned model. The defaults follow the reference recipe of Shrestha et al. (2026):
+    the unpruned model answers general instruction prompts (sampled at T 0.9, top-p 0.95, no
+    correctness filter), and the pruned model learns those answers with completion-only SFT, LoRA on
+    every linear projection, constant lr 2e-4, one epoch, at a rank small enough for CPU. Their runs
+    used QLoRA r=64, alpha=16, dropout 0.05 with 50 warm-up steps, AdamW betas (0.9, 0.99) and weight
+    decay 1e-4: ``study --config paper`` sets those."""
     method: str = field("lora", choices=METHODS,
                         help="what trains: lora (adapters on every linear projection), partial (the last "
                              "--partial-layers decoder blocks plus lm_head), full (every weight)")
     lora_r: int = field(8, help="LoRA rank (the paper used 64 on 7-8B models)")
     lora_alpha: float = field(16.0, help="LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = field(0.05, help="dropout on the LoRA input")
-    partial_layers: int = field(2, help="--method partial: how many of the last decoder blocks train (with lm_head)")
+    partial_layers: int = field(3, help="--method partial: how many of the last decoder blocks train with lm_head "
+                                        "(Lu et al. 2024 found lm_head + the last 3 best)")
     qlora: bool = field(False, help="load the student in 4-bit (bitsandbytes, GPU only) and train LoRA on top")
     data: str = field("self", choices=DATA_SOURCES,
-                      help="self: train on the teacher's own greedy responses to the prompts; dataset: on the "
+                      help="self: train on the unpruned teacher's own responses to the prompts; dataset: on the "
                            "responses that come with the prompts")
-    prompts: str = field("gsm8k", help="prompt source: gsm8k, a task name (e.g. arith_add_1d_gen; its calib split), "
-                                       "a JSONL file of {prompt} / {messages} / {prompt, response} rows, or a "
-                                       "hub dataset id")
+    prompts: str = field(DEFAULT_PROMPTS,
+                         help="prompt source: self-instruct (427 general instructions shipped with prunescope, "
+                              "Apache-2.0), a hub chat dataset id (e.g. allenai/Dolci-..., tatsu-lab/alpaca), a "
+                              "JSONL file of {prompt} / {messages} / {prompt, response} rows, or a task name "
+                              "(task-specific recovery on its calib split, e.g. arith_add_1d_gen or gsm8k)")
     prompts_data: str | None = field(None, help="dataset file or folder for prompt tasks that read one (GSM8K: a "
                                                 "folder with train.jsonl/test.jsonl; default $PRUNESCOPE_GSM8K_DATA)")
     num_prompts: int = field(256, help="how many prompts to use (0 = all the source has)")
-    filter_correct: bool = field(True, help="--data self: keep only responses the task's checker accepts "
-                                            "(sources without a checker keep everything)")
-    gen_max_new_tokens: int = field(256, help="--data self: longest teacher response for free-form prompts "
+    filter_correct: bool = field(False, help="--data self with task prompts: keep only responses the task's checker "
+                                             "accepts (the paper filters nothing; general prompts have no checker)")
+    disjoint_from: list[str] = field(default_factory=list,
+                                     help="task prompts: also drop recovery prompts whose question equals (in "
+                                          "canonical form: a+b = b+a, whitespace and format ignored) an evaluation "
+                                          "item of these tasks; the prompt task's own evaluation items always are")
+    gen_max_new_tokens: int = field(512, help="--data self: longest teacher response for free-form prompts "
                                               "(task prompts use the task's own limit)")
+    gen_decoding: str = field("sample", choices=DECODING,
+                              help="--data self: how the teacher answers: sample (the paper: --gen-temperature, "
+                                   "--gen-top-p) or greedy")
+    gen_temperature: float = field(0.9, help="--data self: sampling temperature")
+    gen_top_p: float = field(0.95, help="--data self: nucleus sampling mass")
+    truncated: str = field("keep", choices=TRUNCATED,
+                           help="--data self: a response cut by --gen-max-new-tokens is kept without a stop token "
+                                "(keep) or left out (drop)")
     gen_batch_size: int = field(16, help="--data self: prompts per teacher generation batch")
     loss: str = field("sft", choices=LOSSES,
                       help="sft: cross-entropy on the response tokens only; kd: KL to the teacher's token "
@@ -54,13 +78,24 @@ class RecoverConfig:
     lr: float = field(2e-4, help="peak learning rate (AdamW)")
     lr_scheduler: str = field("constant", choices=SCHEDULERS, help="learning-rate schedule after warm-up")
     warmup_steps: int = field(0, help="linear warm-up steps")
+    adam_beta1: float = field(0.9, help="AdamW beta1")
+    adam_beta2: float = field(0.999, help="AdamW beta2 (the paper: 0.99)")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0 = off)")
     max_steps: int | None = field(None, help="optimizer steps (default: one epoch over the training examples)")
     batch_size: int = field(8, help="examples per micro-batch (per process)")
     grad_accum: int = field(1, help="micro-batches per optimizer step")
     max_seq_len: int = field(512, help="longest prompt+response in tokens (longer examples are cut at the end)")
-    seed: int = field(0, help="seed for prompt sampling, data order, adapter init and dropout")
+    gradient_checkpointing: str = field("auto", choices=SWITCH,
+                                        help="recompute activations in the backward pass to save memory (auto: on "
+                                             "when training on a GPU)")
+    master_weights: str = field("fp32", choices=MASTER_WEIGHTS,
+                                help="fp32: partial/full training of a 16-bit model keeps the trained weights in "
+                                     "float32 and runs the forward in autocast, so small updates do not round "
+                                     "away; model: step the weights in the model's own dtype")
+    offload_teacher: bool = field(True, help="move the teacher to CPU while the student trains with --loss sft (it is "
+                                             "only needed for generating responses)")
+    seed: int = field(0, help="seed for prompt sampling, teacher sampling, data order, adapter init and dropout")
     save_every: int = field(50, help="write a resumable checkpoint every this many steps (0 = only at the end)")
 
     def __post_init__(self):
@@ -86,9 +121,21 @@ class RecoverConfig:
         require(0.0 <= self.kd_weight <= 1.0, f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
         require(self.kd_temperature > 0, f"--kd-temperature must be positive (got {self.kd_temperature})")
         require(self.lr > 0, f"--lr must be positive (got {self.lr})")
+        require(self.gen_decoding in DECODING, f"--gen-decoding {self.gen_decoding!r} is not one of {', '.join(DECODING)}")
+        require(self.truncated in TRUNCATED, f"--truncated {self.truncated!r} is not one of {', '.join(TRUNCATED)}")
+        require(self.gradient_checkpointing in SWITCH, f"--gradient-checkpointing {self.gradient_checkpointing!r} is "
+                                                       f"not one of {', '.join(SWITCH)}")
+        require(self.master_weights in MASTER_WEIGHTS, f"--master-weights {self.master_weights!r} is not one of "
+                                                       f"{', '.join(MASTER_WEIGHTS)}")
+        require(self.gen_temperature > 0, f"--gen-temperature must be positive (got {self.gen_temperature})")
+        require(0.0 < self.gen_top_p <= 1.0, f"--gen-top-p must be in (0, 1] (got {self.gen_top_p})")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            require(0.0 <= value < 1.0, f"--{name.replace('_', '-')} must be in [0, 1) (got {value})")
+        self.disjoint_from = [str(t) for t in (self.disjoint_from or [])]
         require(not self.qlora or self.method == "lora", "--qlora trains LoRA adapters; use it with --method lora")
-        require(bool(str(self.prompts).strip()), "--prompts is empty; pass gsm8k, a task name, a JSONL file or a "
-                                                  "hub dataset id")
+        require(bool(str(self.prompts).strip()), f"--prompts is empty; pass {DEFAULT_PROMPTS}, a hub dataset id, a "
+                                                  f"JSONL file or a task name")
 
     @property
     def needs_teacher(self) -> bool:

@@ -1,27 +1,32 @@
 """Where recovery's training examples come from.
 
-A prompt source is GSM8K or any built-in task (its ``calib`` split, so training never sees evaluation
-items), a JSONL file, or a hub dataset. With ``--data self`` the unpruned teacher answers every prompt
-greedily (the paper's self-generated responses); answers the task's checker rejects can be dropped.
-Responses are cached in ``self_generated.jsonl`` under a key made of the teacher, the prompt set and
-the generation settings, and reused by any later run with the same key.
+A prompt source is one of:
+
+* ``self-instruct`` (the default): 427 general instructions shipped in ``recovery/prompts/`` (175
+  seed tasks and 252 user-oriented instructions of Self-Instruct, Wang et al. 2023, Apache-2.0; see
+  ``prompts/NOTICE.txt``). General prompts, as the paper's recovery used (it took Dolci's).
+* a hub chat dataset (Dolci, Alpaca, ShareGPT-style ``conversations``), or a JSONL file of prompts;
+* a task name: *task-specific recovery* on the task's ``calib`` split, minus every prompt whose
+  question has the canonical form of an evaluation item (``3 + 4`` and ``4 + 3`` are one question).
+
+With ``--data self`` the unpruned teacher answers every prompt (``generation.py``).
 """
 from __future__ import annotations
 
-import hashlib
+import ast
 import json
 import logging
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
-from prunescope.io import write_jsonl
+from prunescope.recovery.generation import CACHE_FILE, cache_key, read_cache, self_generate  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "self_generated.jsonl"
+PACKAGED_PROMPTS = {"self-instruct": Path(__file__).parent / "prompts" / "self_instruct.jsonl"}
 
 
 @dataclass
@@ -54,9 +59,12 @@ class Prompt:
     def max_new_tokens(self, default: int) -> int:
         return int(self.task.max_new_tokens) if self.task is not None else default
 
-    def completion(self, response: str, tokenizer) -> str:
+    def completion(self, response: str, tokenizer, *, end: bool = True) -> str:
         """The trained text after the context: the assistant turn as the chat template writes it, or the
-        task response followed by its stop string so the model learns where to end."""
+        task response followed by its stop string so the model learns where to end. ``end=False`` (a
+        response cut by the length limit) gives the response alone, with no stop or end-of-turn token."""
+        if not end:
+            return response
         if self.task is not None:
             end = self.stop[0] if self.stop else (tokenizer.eos_token or "")
             return response + end
@@ -80,13 +88,30 @@ class Prompt:
         return response.strip() == str(self.item.target).strip()
 
 
-def load_prompts(spec: str, *, num: int = 0, seed: int = 0, task_data: str | None = None) -> list[Prompt]:
-    """Prompts from ``spec``: a JSONL path, a task name (calib split), or a hub dataset id.
-    ``num`` > 0 keeps that many (the first ones of a file, a seeded sample of a task); ``task_data`` is
-    the dataset file or folder for tasks that read one (GSM8K)."""
+def prompt_source_kind(spec: str) -> str:
+    """``"task-specific"`` when ``spec`` names a task (its prompts are the evaluated skill), else ``"general"``."""
+    from prunescope.tasks import task_names
+    spec = str(spec)
+    return "task-specific" if spec not in PACKAGED_PROMPTS and not Path(spec).expanduser().is_file() and \
+        spec in task_names() else "general"
+
+
+def load_prompts(spec: str, *, num: int = 0, seed: int = 0, task_data: str | None = None,
+                 disjoint_from: list[str] | None = None, stats: dict | None = None) -> list[Prompt]:
+    """Prompts from ``spec``: ``self-instruct`` (shipped), a JSONL path, a task name (calib split, minus
+    questions equal in canonical form to an evaluation item of the task or of ``disjoint_from``), or a
+    hub dataset id. ``num`` > 0 keeps that many (the first ones of a file, a seeded sample otherwise);
+    ``task_data`` is the dataset file or folder for tasks that read one (GSM8K). ``stats``, when given,
+    receives what was left out."""
     from prunescope.tasks import get_task, task_names
 
     spec = str(spec)
+    if spec in PACKAGED_PROMPTS:
+        prompts = read_prompt_file(PACKAGED_PROMPTS[spec])
+        if num and num < len(prompts):
+            import random
+            prompts = random.Random(seed).sample(prompts, num)
+        return prompts
     path = Path(spec).expanduser()
     if path.is_file():
         prompts = read_prompt_file(path)
@@ -96,10 +121,67 @@ def load_prompts(spec: str, *, num: int = 0, seed: int = 0, task_data: str | Non
     if spec in task_names():
         task = get_task(spec, data=task_data)
         items = task.items(num or None, seed=seed, split="calib")
-        return [Prompt(id=f"{spec}/{item.id}", task=task, item=item, response=item.target) for item in items]
+        evaluated = set()
+        for name in dict.fromkeys([spec, *(disjoint_from or [])]):
+            other = task if name == spec else get_task(name, data=task_data)
+            evaluated |= {canonical_question(question_text(it)) for it in other.items(None, seed=seed, split="eval")}
+        kept = [it for it in items if canonical_question(question_text(it)) not in evaluated]
+        if stats is not None:
+            stats.update(overlap_with_eval=len(items) - len(kept), disjoint_from=list(dict.fromkeys([spec, *(disjoint_from or [])])))
+        if not kept:
+            raise UsageError(f"--prompts {spec}: every calibration question also appears (in canonical form) among "
+                             f"the evaluation items; use general prompts (--prompts self-instruct) instead")
+        return [Prompt(id=f"{spec}/{item.id}", task=task, item=item, response=item.target) for item in kept]
     if "/" in spec:
         return _hub_prompts(spec, num=num, seed=seed)
     raise UsageError(f"--prompts {spec!r} is not a file, a task or a hub dataset id; tasks: {', '.join(task_names())}")
+
+
+def question_text(item) -> str:
+    """The bare question of a task item: its sampling key (shots excluded) when it has one, else the
+    question field, else the whole prompt."""
+    meta = getattr(item, "meta", None) or {}
+    for name in ("key", "question", "expression"):
+        if isinstance(meta.get(name), str):
+            return meta[name]
+    return item.prompt
+
+
+_COMMUTATIVE = (ast.Add, ast.Mult)
+
+
+def _canonical_expr(node) -> str:
+    """An arithmetic expression with the operands of + and * chains sorted: a+b and b+a agree."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _COMMUTATIVE):
+        op = type(node.op)
+        terms, stack = [], [node]
+        while stack:  # flatten a + (b + c) into one sorted chain
+            n = stack.pop()
+            if isinstance(n, ast.BinOp) and isinstance(n.op, op):
+                stack += [n.left, n.right]
+            else:
+                terms.append(_canonical_expr(n))
+        return "(" + ("+" if op is ast.Add else "*").join(sorted(terms)) + ")"
+    if isinstance(node, ast.BinOp):
+        sym = {ast.Sub: "-", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}.get(type(node.op), "?")
+        return f"({_canonical_expr(node.left)}{sym}{_canonical_expr(node.right)})"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return f"(-{_canonical_expr(node.operand)})"
+    if isinstance(node, ast.Constant):
+        return repr(node.value)
+    raise ValueError("not arithmetic")
+
+
+def canonical_question(text: str) -> str:
+    """A form under which two questions that ask the same thing compare equal: case, whitespace and a
+    trailing ``=``/``?`` are ignored; an arithmetic expression is parsed and the operands of + and *
+    are put in order, so ``3 + 4`` equals ``4+3`` and ``(2 * 3) + 1`` equals ``1 + 3*2``."""
+    flat = re.sub(r"\s+", "", str(text).lower()).rstrip("=?")
+    expr = flat.replace("×", "*").replace("x", "*") if re.fullmatch(r"[\d+\-*x×/().]+", flat) else flat
+    try:
+        return "expr:" + _canonical_expr(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
+        return flat
 
 
 def _messages_from_row(row: Any, where: str) -> tuple[list[dict], str | None]:
@@ -174,90 +256,14 @@ def _hub_prompts(name: str, *, num: int, seed: int) -> list[Prompt]:
     return prompts
 
 
-# ----------------------------------------------------------------------------------------------- generation
-
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str], batch_size: int) -> list[str]:
-    """Greedy continuations through the evaluation engine, so training data is decoded the way
-    evaluation decodes."""
-    from prunescope.eval.engine import generate as engine_generate
-    return engine_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size)
-
-
-def cache_key(*, teacher: str, prompts: str, num_prompts: int, seed: int, max_new_tokens: int,
-              task_data: str | None = None) -> str:
-    """Identifies a set of self-generated responses: same key, same responses."""
-    blob = json.dumps({"teacher": str(teacher), "prompts": str(prompts), "num_prompts": num_prompts, "seed": seed,
-                       "max_new_tokens": max_new_tokens, "task_data": task_data, "decoding": "greedy"},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def read_cache(path: Path, key: str) -> dict[str, dict]:
-    """Rows of a cache (or its unfinished ``.partial`` file) made under ``key``, by prompt id.
-    A torn last line from an interrupted run is ignored."""
-    rows: dict[str, dict] = {}
-    for candidate in (path, path.with_name(path.name + ".partial")):
-        if not candidate.is_file():
-            continue
-        for line in candidate.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("cache_key") == key and "id" in row:
-                rows[str(row["id"])] = row
-    return rows
-
-
-def self_generate(prompts: list[Prompt], teacher, teacher_tokenizer, *, cache_path: Path, key: str,
-                  teacher_name: str, max_new_tokens: int, batch_size: int) -> list[dict]:
-    """The teacher's greedy response to every prompt (cached), each row with ``correct`` (None when
-    unchecked). ``teacher`` may be a zero-argument callable that loads it, so a full cache never loads it."""
-    from tqdm.auto import tqdm
-
-    cache_path = Path(cache_path)
-    cached = read_cache(cache_path, key)
-    todo = [p for p in prompts if p.id not in cached]
-    if todo:
-        if callable(teacher) and not hasattr(teacher, "generate"):
-            teacher, teacher_tokenizer = teacher()
-        partial = cache_path.with_name(cache_path.name + ".partial")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(todo), desc="teacher responses", unit="prompt", dynamic_ncols=True)
-        # Prompts with the same decoding settings go together; rows are appended chunk by chunk so an
-        # interruption loses at most one chunk, and the finished cache replaces the file atomically.
-        groups: dict[tuple, list[Prompt]] = {}
-        for p in todo:
-            groups.setdefault((p.max_new_tokens(max_new_tokens), tuple(p.stop)), []).append(p)
-        with open(partial, "a", encoding="utf-8") as fh:
-            for (limit, stop), group in groups.items():
-                for i in range(0, len(group), batch_size * 4):
-                    chunk = group[i:i + batch_size * 4]
-                    texts = [p.render(teacher_tokenizer) for p in chunk]
-                    outs = generate(teacher, teacher_tokenizer, texts, max_new_tokens=limit, stop=list(stop),
-                                    batch_size=batch_size)
-                    for p, text, out in zip(chunk, texts, outs):
-                        row = {"id": p.id, "prompt": text, "response": out, "correct": p.check(out),
-                               "teacher": teacher_name, "cache_key": key}
-                        cached[p.id] = row
-                        fh.write(json.dumps(row) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                    bar.update(len(chunk))
-        bar.close()
-    rows = [cached[p.id] for p in prompts]
-    write_jsonl(cache_path, rows)
-    cache_path.with_name(cache_path.name + ".partial").unlink(missing_ok=True)
-    return rows
-
-
-def tokenize_example(prompt: Prompt, response: str, tokenizer, max_seq_len: int) -> dict | None:
+def tokenize_example(prompt: Prompt, response: str, tokenizer, max_seq_len: int, *, end: bool = True) -> dict | None:
     """``input_ids`` and ``labels`` (-100 on the context, so the loss covers the response only).
+    ``end=False`` leaves out the stop / end-of-turn token (a response cut by the length limit).
     None when the cut at ``max_seq_len`` leaves no response token."""
     from prunescope.eval.engine import encode  # the context is tokenized exactly as evaluation tokenizes it
 
     context = prompt.render(tokenizer)
-    completion = prompt.completion(response, tokenizer)
+    completion = prompt.completion(response, tokenizer, end=end)
     ctx_ids = encode(tokenizer, context)
     comp_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids = (ctx_ids + comp_ids)[:max_seq_len]

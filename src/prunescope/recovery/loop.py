@@ -20,7 +20,7 @@ from prunescope.errors import UsageError
 from prunescope.io import atomic_dir, read_json, write_json, write_jsonl
 from prunescope.recovery.config import RESUME_FIELDS
 from prunescope.recovery.losses import recovery_loss_sum
-from prunescope.recovery.methods import trainable_state
+from prunescope.recovery.methods import autocast_dtype, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     rank, world = accelerator.process_index, accelerator.num_processes
     max_steps = config.max_steps or steps_for_one_epoch(len(examples), config, world)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.weight_decay)
+    cast = autocast_dtype(model)
     scheduler = _scheduler(optimizer, config, max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if teacher is not None:
@@ -193,8 +195,10 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
                 keep = response_window(labels)
                 inputs["logits_to_keep"] = keep
                 labels = labels[:, labels.size(1) - keep:]
+            autocast = torch.autocast(accelerator.device.type, dtype=cast) if cast else contextlib.nullcontext()
             with sync:
-                logits = model(**inputs).logits
+                with autocast:
+                    logits = model(**inputs).logits
                 teacher_logits = None
                 if config.loss != "sft":
                     with torch.no_grad():

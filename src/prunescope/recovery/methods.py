@@ -1,8 +1,10 @@
-"""What trains: LoRA adapters, the last k blocks plus ``lm_head`` (partial), or every weight (full)."""
+"""What trains: LoRA adapters, the last k blocks plus ``lm_head`` (partial), or every weight (full);
+and how it fits: gradient checkpointing, float32 master weights for 16-bit models."""
 from __future__ import annotations
 
 import logging
 
+import torch
 import torch.nn as nn
 
 from prunescope.errors import UsageError
@@ -47,7 +49,9 @@ def prepare_lora(model: nn.Module, config):
     targets = lora_targets(model)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # peft's recipe for k-bit bases: norms in fp32, input grads on, checkpointing (non-reentrant) as asked.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing_on(model, config),
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)
@@ -55,8 +59,9 @@ def prepare_lora(model: nn.Module, config):
 
 @METHODS.register("partial")
 def prepare_partial(model: nn.Module, config):
-    """Train the last ``config.partial_layers`` decoder blocks and ``lm_head`` (Lu et al. 2024); with
-    tied embeddings the input embedding trains with ``lm_head``, since they are one tensor."""
+    """Train the last ``config.partial_layers`` decoder blocks and ``lm_head`` (Lu et al. 2024,
+    "Reassessing Layer Pruning in LLMs": lm_head + the last three layers recovered best); with tied
+    embeddings the input embedding trains with ``lm_head``, since they are one tensor."""
     layers = get_layers(model)
     k = config.partial_layers
     if k > len(layers):
@@ -83,9 +88,57 @@ def prepare_full(model: nn.Module, config):
     return model
 
 
+def checkpointing_on(model: nn.Module, config) -> bool:
+    """``--gradient-checkpointing``: auto means on when the model sits on a GPU."""
+    if config.gradient_checkpointing == "auto":
+        return next(model.parameters()).device.type == "cuda"
+    return config.gradient_checkpointing == "on"
+
+
+def _enable_checkpointing(model: nn.Module, config) -> None:
+    if getattr(model, "is_loaded_in_4bit", False) or not checkpointing_on(model, config):
+        return  # k-bit models get it from prepare_model_for_kbit_training
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        log.warning("--gradient-checkpointing: %s does not support it; training without",
+                    type(model).__name__)
+        return
+    # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def _fp32_master(model: nn.Module, config) -> None:
+    """Partial/full training of a 16-bit model: trainable weights move to float32 (the master copy the
+    optimizer steps), and the forward runs under autocast to the model's dtype, so a step smaller than
+    a bf16 ulp still changes the weight. ``restore_dtype`` casts back before saving."""
+    dtype = next(model.parameters()).dtype
+    if config.method == "lora" or config.master_weights != "fp32" or dtype not in (torch.float16, torch.bfloat16):
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    model.prunescope_autocast = dtype
+
+
+def autocast_dtype(model: nn.Module):
+    """The dtype the forward autocasts to (None: no autocast)."""
+    return getattr(model, "prunescope_autocast", None)
+
+
+def restore_dtype(model: nn.Module) -> None:
+    """Undo ``_fp32_master``: every weight back in the model's dtype (for saving and evaluation)."""
+    dtype = getattr(model, "prunescope_autocast", None)
+    if dtype is not None:
+        model.to(dtype)
+        del model.prunescope_autocast
+
+
 def prepare(model: nn.Module, config):
-    """Make the parameters of ``config.method`` trainable (LoRA returns a peft wrapper) and log the count."""
+    """Make the parameters of ``config.method`` trainable (LoRA returns a peft wrapper), turn on gradient
+    checkpointing and float32 master weights as configured, and log the count."""
+    _enable_checkpointing(model, config)
     model = METHODS.get(config.method)(model, config)
+    _fp32_master(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("recovery method %s: %s of %s parameters train (%.2f%%)", config.method, f"{trainable:,}",

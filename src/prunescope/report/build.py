@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from statistics import mean
 
 from prunescope.errors import UsageError
 from prunescope.io import read_json, write_text
 from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
-from prunescope.report.tables import (KINDS, aggregate, baseline_rows, collect_results, kind_label, ordered,
-                                      read_results_csv, results_csv_text, spearman, study_info)
+from prunescope.report.tables import (KINDS, aggregate, baseline_rows, kind_label, ordered, read_results_csv,
+                                      spearman, study_info, write_results_csv)
 
 
 def _f(x, digits: int = 3) -> str:
@@ -28,11 +27,9 @@ def load_artifacts(run_dir: Path) -> dict:
         raise UsageError(f"{run_dir} holds no study results (no results.csv or baseline/metrics.json); "
                          f"run `prunescope study --out {run_dir}` first")
     info = study_info(run_dir)
-    if (run_dir / "results.csv").is_file():
-        rows = read_results_csv(run_dir / "results.csv")
-    else:
-        write_text(run_dir / "results.csv", results_csv_text(collect_results(run_dir)))
-        rows = read_results_csv(run_dir / "results.csv")
+    if (run_dir / "baseline" / "metrics.json").is_file():
+        write_results_csv(run_dir)  # the metrics and samples files are the source; results.csv follows them
+    rows = read_results_csv(run_dir / "results.csv")
     cfg = info.get("config", {})
     cells = {}
     for meta_path in sorted((run_dir / "cells").glob("*/prunescope.json")) if (run_dir / "cells").is_dir() else []:
@@ -52,6 +49,7 @@ def load_artifacts(run_dir: Path) -> dict:
     base_eff = run_dir / "baseline" / "efficiency.json"
     criteria = ordered([r["criterion"] for r in rows if r["criterion"] != "none"], cfg.get("criteria"))
     return {
+        "unfinished": unfinished_cells(run_dir, cfg),
         "info": info, "config": cfg, "rows": rows, "cells": cells, "num_layers": num_layers or 1,
         "scores": {c: scores[c][1] for c in ordered(scores, cfg.get("criteria"))},
         "ablation": read_json(ablation_path) if ablation_path.is_file() else None,
@@ -62,6 +60,27 @@ def load_artifacts(run_dir: Path) -> dict:
                            (cfg.get("recovery") or {}).get("methods")),
         "tasks": ordered([r["task"] for r in rows], cfg.get("tasks")),
     }
+
+
+def unfinished_cells(run_dir: Path, cfg: dict) -> list[str]:
+    """Cells the study's config plans (criteria x ratios, recovered cells) whose metrics.json is missing."""
+    criteria, ratios = cfg.get("criteria") or [], cfg.get("ratios") or []
+    plan = cfg.get("recovery") or {}
+    missing = []
+    for crit in criteria:
+        for ratio in ratios:
+            cell = run_dir / "cells" / f"{crit}-r{float(ratio):g}"
+            if not (cell / "metrics.json").is_file():
+                missing.append(f"{crit} r={float(ratio):g}")
+            if (plan.get("criteria") is None or crit in plan["criteria"]) and \
+                    (plan.get("ratios") is None or ratio in plan["ratios"]):
+                for method in plan.get("methods") or []:
+                    if not (cell / f"recovery-{method}" / "metrics.json").is_file():
+                        missing.append(f"{crit} r={float(ratio):g} + {method} recovery")
+    abl = cfg.get("ablation") or {}
+    if abl.get("enabled") and not (run_dir / "ablation" / "ablation.json").is_file():
+        missing.append("single-layer ablation")
+    return missing
 
 
 def agreement(scores: dict[str, dict], removal: dict[str, list[int]], k: int) -> dict:
@@ -101,10 +120,10 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     if criteria:
         figures.retention_figure(rows, criteria=criteria, methods=methods, num_layers=L, target=target,
                                  path=fig_dir / "retention.png")
-        figs.append(("figures/retention.png", "Retention (accuracy / base accuracy) against the fraction of layers "
-                     "removed, per criterion. Thick lines: mean over the tasks of each kind with 95% bands (task "
-                     "intervals divided by the base accuracy); thin lines: single tasks; dashed open markers: after "
-                     "recovery; dotted: chance level; dashed grey: the retention target."))
+        figs.append(("figures/retention.png", "Chance-adjusted retention ((accuracy - chance) / (base - chance)) "
+                     "against the fraction of layers removed, per criterion. Thick lines: mean over the tasks of each "
+                     "kind, with paired-bootstrap 95% bands; thin lines: single tasks; dashed open markers: after "
+                     "recovery; dotted at 0: chance level; dashed grey: the retention target."))
     k, removal = removal_sets(art)
     agree = agreement(art["scores"], removal, k) if art["scores"] else None
     if art["scores"]:
@@ -116,17 +135,20 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     if art["ablation"]:
         figures.ablation_figure(art["ablation"], path=fig_dir / "ablation.png")
         figs.append(("figures/ablation.png", "Accuracy drop (percentage points) when one layer alone is skipped, "
-                     "per task: which layers each skill depends on."))
+                     "per task (point estimates; the table below gives each kind's drop with its 95% interval)."))
     efficiency = {key: c["efficiency"] for key, c in art["cells"].items() if c["efficiency"]}
     if efficiency and any("speedup" in e for e in efficiency.values()):
         figures.frontier_figure(rows, efficiency, criteria=criteria, methods=methods, target=target,
                                 path=fig_dir / "frontier.png")
-        figs.append(("figures/frontier.png", "Measured decode speedup against retention per task kind; one marker "
+        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars); one marker "
                      "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
                      "share of the removed blocks."))
 
     doc = Doc(f"prunescope study: {cfg.get('name', run_dir.name)}")
     _intro(doc, art, target)
+    _unfinished(doc, art)
+    doc.heading("How to read this", 3)
+    doc.para(HOW_TO_READ)
     doc.heading("Findings")
     doc.bullets(findings(rows, criteria=criteria, ratios=art["ratios"], methods=methods, num_layers=L, target=target,
                          efficiency=efficiency, agreement=agree, ablation=art["ablation"]))
@@ -151,8 +173,30 @@ def _intro(doc: Doc, art: dict, target: float) -> None:
     if art["methods"]:
         grid += f", recovery: {', '.join(art['methods'])}"
     doc.para(f"Model **{cfg.get('model', '?')}** ({art['num_layers']} layers). Tasks ({task_text}), "
-             f"{cfg.get('limit') or 'all'} items each. Grid: {grid}. Retention target: {target:.0%}. "
-             f"Retention is accuracy divided by the base model's accuracy on the same items.")
+             f"{cfg.get('limit') or 'all'} items each. Grid: {grid}. Retention target: {target:.0%} of the "
+             f"accuracy above chance.")
+
+
+HOW_TO_READ = (
+    "Raw retention is accuracy divided by the base model's accuracy. It flatters multiple choice, which cannot "
+    "fall below chance (a 4-way task keeps 25% for free) while generation can fall to 0, so the headline uses "
+    "chance-adjusted retention, (accuracy - chance) / (base accuracy - chance): 1 keeps everything the base knew "
+    "above chance, 0 is guessing. Chance is computed from each task's items (the best answer-blind strategy). "
+    "A task whose base accuracy is within 0.10 of chance gets no adjusted retention (its denominator is noise) "
+    "and stays out of the headline. Intervals are 95% paired bootstrap intervals over items: the base and "
+    "the pruned model answered the same items, so each resample draws items once for both, and the interval "
+    "includes the base model's own uncertainty. The gap is classification minus generation mean adjusted "
+    "retention in one cell; a cell is called 'generation kept less' or 'classification kept less' only when "
+    "the gap's interval excludes 0, otherwise 'not distinguishable'. The same rule names a layer as critical "
+    "in the single-layer ablation.")
+
+
+def _unfinished(doc: Doc, art: dict) -> None:
+    """Say which planned cells have no results yet instead of silently leaving rows out."""
+    missing = art.get("unfinished") or []
+    if missing:
+        doc.para(f"**Unfinished:** {len(missing)} planned step(s) have no results yet and are missing from every "
+                 f"table and figure: {', '.join(missing)}. Run the study again to finish them.")
 
 
 def _recommendation_table(doc: Doc, rows, criteria, methods, target) -> None:
@@ -176,7 +220,7 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
                 _f(b["chance"])] for t, b in ((t, base[t]) for t in art["tasks"] if t in base)])
     agg = aggregate(rows)
     kinds = [kd for kd in KINDS if any(key[3] == kd for key in agg)]
-    doc.heading("Retention by task kind", 3)
+    doc.heading("Headline: retention by task kind", 3)
     summary = []
     for crit in art["criteria"]:
         for ratio in art["ratios"]:
@@ -184,18 +228,25 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
                 cells = [agg.get((crit, ratio, rec, kd)) for kd in kinds]
                 if not any(cells):
                     continue
-                k_removed = next(c["layers_removed"] for c in cells if c)
-                summary.append([crit, f"{ratio:g}", f"{k_removed}/{L}", rec] +
-                               [f"{_p(c['retention'])} [{_p(c['lo'])}, {_p(c['hi'])}]" if c else "" for c in cells])
-    doc.table(["criterion", "ratio", "removed", "recovery"] + [f"{kind_label(kd)} retention [95%]" for kd in kinds],
-              summary, caption="Mean over the tasks of each kind; brackets: mean of the tasks' retention intervals.")
+                first = next(c for c in cells if c)
+                summary.append([crit, f"{ratio:g}", f"{first['layers_removed']}/{L}", rec] +
+                               [f"{_p(c['retention'])} [{_p(c['lo'])}, {_p(c['hi'])}] (raw {_p(c['raw'])})" if c else ""
+                                for c in cells] +
+                               [_gap(first), first["verdict"] or "-"])
+    doc.table(["criterion", "ratio", "removed", "recovery"] + [f"{kind_label(kd)}: adjusted [95%] (raw)" for kd in kinds]
+              + ["gap cls - gen [95%]", "reading"], summary,
+              caption="Mean chance-adjusted retention over the tasks of each kind that have one, with its paired "
+                      "bootstrap 95% interval; raw = mean accuracy / base accuracy. Gap: classification minus "
+                      "generation; the reading follows its interval.")
     doc.heading("Every result", 3)
     doc.table(["criterion", "ratio", "removed layers", "recovery", "task", "kind", "n", "accuracy", "95% CI",
-               "chance", "retention"],
+               "chance", "retention [95%]", "adjusted [95%]"],
               [[r["criterion"], f"{r['ratio']:g}", " ".join(map(str, r["removed"])) or "-", r["recovery"], r["task"],
                 kind_label(r["kind"]), r["n"], _f(r["accuracy"]), f"{_f(r['ci_lo'])}-{_f(r['ci_hi'])}",
-                _f(r["chance"]), _p(r["retention"])] for r in rows],
-              caption="Also in results.csv (one row per cell and task).")
+                _f(r["chance"]), _band(r["retention"], r.get("retention_lo"), r.get("retention_hi")),
+                _band(r.get("retention_adj"), r.get("retention_adj_lo"), r.get("retention_adj_hi"))
+                or f"- ({r.get('adj_note')})"] for r in rows],
+              caption="Also in results.csv (one row per cell and task). Intervals: paired bootstrap over items.")
     effs = [("base", None, art["base_efficiency"])] if art["base_efficiency"] else []
     effs += [(c, r, cell["efficiency"]) for (c, r), cell in art["cells"].items() if cell["efficiency"]]
     if effs:
@@ -222,11 +273,33 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
         ab = art["ablation"]
         tasks = list(ab["tasks"])
         doc.heading("Single-layer ablation (accuracy drop in points)", 3)
-        doc.table(["layer"] + tasks + ["mean"],
+        kinds_ab = ab.get("kinds") or {}
+
+        def kind_cell(kd, i):
+            v = kinds_ab[kd]
+            mark = " critical" if v["lo"][i] > 0 else ""
+            return f"{100 * v['drop'][i]:.0f} [{100 * v['lo'][i]:.0f}, {100 * v['hi'][i]:.0f}]{mark}"
+
+        doc.table(["layer"] + tasks + [f"{kind_label(kd)} mean [95%]" for kd in kinds_ab],
                   [[layer] + [_f(100 * ab["tasks"][t]["drop"][i], 0) for t in tasks] +
-                   [_f(100 * mean(ab["tasks"][t]["drop"][i] for t in tasks), 1)] for i, layer in enumerate(ab["layers"])],
+                   [kind_cell(kd, i) for kd in kinds_ab] for i, layer in enumerate(ab["layers"])],
                   caption=f"{ab.get('limit')} items per task; base accuracy "
-                          + ", ".join(f"{t} {_f(ab['tasks'][t]['base_accuracy'], 2)}" for t in tasks) + ".")
+                          + ", ".join(f"{t} {_f(ab['tasks'][t]['base_accuracy'], 2)}" for t in tasks)
+                          + ". 'critical': the kind's mean drop has a paired 95% interval above 0.")
+
+
+def _band(x, lo, hi) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return _p(x)
+    return f"{_p(x)} [{_p(lo)}, {_p(hi)}]"
+
+
+def _gap(a: dict) -> str:
+    if a["gap"] != a["gap"]:
+        return "-"
+    return f"{100 * a['gap']:+.0f} pts [{100 * a['gap_lo']:+.0f}, {100 * a['gap_hi']:+.0f}]"
 
 
 def _efficiency_note(e: dict) -> str:
@@ -251,6 +324,8 @@ def _provenance(doc: Doc, art: dict) -> None:
         items.append("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     if info.get("host"):
         items.append("host: " + ", ".join(f"{k} {v}" for k, v in info["host"].items() if v is not None))
+    if isinstance(info.get("isolation"), dict):  # prunescope.sandbox.isolation(), when programs ran
+        items.append("model-written code ran in: " + info["isolation"].get("summary", "?"))
     doc.bullets(items)
     if art["config"]:
         doc.para("The study's configuration:")

@@ -38,8 +38,9 @@ def _save(fig, path: Path) -> Path:
 
 def retention_figure(rows: list[dict], *, criteria: list[str], methods: list[str], num_layers: int,
                      target: float, path: Path) -> Path:
-    """Retention vs fraction of layers removed: one panel per criterion; per kind a thick mean line with
-    its 95% band and thin per-task lines; recovered cells dashed with open markers."""
+    """Chance-adjusted retention vs fraction of layers removed: one panel per criterion; per kind a thick
+    line (mean over the kind's tasks) with its paired-bootstrap 95% band and thin per-task lines;
+    recovered cells dashed with open markers. 0 is chance level, 1 the base model."""
     plt = _plt()
     agg = aggregate(rows)
     base = baseline_rows(rows)
@@ -47,14 +48,15 @@ def retention_figure(rows: list[dict], *, criteria: list[str], methods: list[str
     nrows = math.ceil(len(criteria) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
     kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
-    ymax = 1.1
+    ymax, ymin = 1.1, -0.05
     for ax, crit in zip(axes.flat, criteria):
         for kind in kinds:
             color = KIND_COLOR.get(kind, "gray")
-            tasks = [t for t, b in base.items() if b["kind"] == kind and b["accuracy"]]
+            tasks = [t for t, b in base.items() if b["kind"] == kind and b.get("retention_adj") is not None]
             for task in tasks:  # thin per-task lines
-                pts = sorted((r["layers_removed"] / num_layers, r["retention"]) for r in rows
-                             if r["criterion"] == crit and r["task"] == task and r["recovery"] == "none")
+                pts = sorted((r["layers_removed"] / num_layers, r["retention_adj"]) for r in rows
+                             if r["criterion"] == crit and r["task"] == task and r["recovery"] == "none"
+                             and r.get("retention_adj") is not None)
                 if pts:
                     xs, ys = zip(*[(0.0, 1.0), *pts])
                     ax.plot(xs, ys, color=color, lw=0.8, alpha=0.35)
@@ -67,9 +69,7 @@ def retention_figure(rows: list[dict], *, criteria: list[str], methods: list[str
                 hi = [1.0] + [agg[k]["hi"] for k in keys]
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
                 ax.plot(xs, ys, color=color, lw=2.4, marker="o", ms=5, label=f"{kind_label(kind)} (pruned)")
-                chance = sum(agg[k]["chance_retention"] for k in keys) / len(keys)
-                if chance > 0:
-                    ax.axhline(chance, color=color, lw=0.9, ls=":", alpha=0.8)
+                ymin = min(ymin, *[v for v in lo if v == v])
             for mi, method in enumerate(methods):
                 rkeys = sorted((k for k in agg if k[0] == crit and k[2] == method and k[3] == kind),
                                key=lambda k: k[1])
@@ -87,6 +87,7 @@ def retention_figure(rows: list[dict], *, criteria: list[str], methods: list[str
                         ax.plot([x, x], [pruned["retention"], agg[k]["retention"]], color=color, lw=0.8, ls=":")
                 ymax = max(ymax, *ys)
         ax.axhline(1.0, color="0.4", lw=0.8)
+        ax.axhline(0.0, color="0.4", lw=0.9, ls=":")
         ax.axhline(target, color="0.4", lw=0.8, ls="--")
         ax.text(0.0, target, f" target {target:.0%}", va="bottom", ha="left", fontsize=8, color="0.3")
         ax.set_title(crit)
@@ -95,18 +96,18 @@ def retention_figure(rows: list[dict], *, criteria: list[str], methods: list[str
         ax.xaxis.set_major_formatter(_percent())
         ax.yaxis.set_major_formatter(_percent())
     for ax in axes[:, 0]:
-        ax.set_ylabel("retention (accuracy / base accuracy)")
+        ax.set_ylabel("chance-adjusted retention")
     for ax in list(axes.flat)[len(criteria):]:
         ax.axis("off")
-    axes.flat[0].set_ylim(-0.02, min(1.6, ymax + 0.05))
+    axes.flat[0].set_ylim(max(-0.6, ymin - 0.05), min(1.6, ymax + 0.05))
     handles, labels = _legend_entries(axes)
     handles.append(plt.Line2D([], [], color="0.5", lw=0.8, alpha=0.6))
     labels.append("single task")
     handles.append(plt.Line2D([], [], color="0.5", lw=0.9, ls=":"))
-    labels.append("chance level")
+    labels.append("chance level (0)")
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 4)))
-    fig.suptitle("Accuracy kept after removing layers (95% bands)", y=1.01)
+    fig.suptitle("Accuracy above chance kept after removing layers (paired bootstrap 95% bands)", y=1.01)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -247,7 +248,7 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
         ax.plot([1.0], [1.0], marker="*", color="black", ms=11, ls="")
     ax.axhline(target, color="0.4", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the base model (measured; dotted: ideal)")
-    ax.set_ylabel("retention (accuracy / base accuracy)")
+    ax.set_ylabel("chance-adjusted retention")
     ax.yaxis.set_major_formatter(_percent())
     ax.xaxis.set_major_formatter(__import__("matplotlib.ticker", fromlist=["FuncFormatter"]).FuncFormatter(
         lambda v, _: f"{v:.2f}x"))

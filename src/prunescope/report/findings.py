@@ -1,13 +1,83 @@
-"""Findings in words, computed from the run's numbers (never hand-written)."""
+"""Findings in words, computed from the run's numbers (never hand-written).
+
+No sentence is stronger than its interval: "generation kept less" is said of a cell only when the paired
+95% interval of the gap excludes 0; a layer is named as critical only when its drop's interval excludes 0.
+Retention in findings is chance-adjusted ((accuracy - chance) / (base - chance)).
+"""
 from __future__ import annotations
 
 from statistics import mean
 
 from prunescope.report.tables import KINDS, aggregate, baseline_rows, kind_label
+from prunescope.stats import CLS_LESS, GEN_LESS, UNCLEAR
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return _pct(lo) if round(lo, 2) == round(hi, 2) else f"{_pct(lo)}-{_pct(hi)}"
+
+
+def _ci(a: dict) -> str:
+    if a["lo"] != a["lo"]:
+        return _pct(a["retention"])
+    return f"{_pct(a['retention'])} [{_pct(a['lo'])}, {_pct(a['hi'])}]"
+
+
+def gap_findings(agg: dict) -> list[str]:
+    """The kind comparison as counts of verdicts: a cell counts as 'generation kept less' only when its
+    paired 95% interval of (classification - generation) mean adjusted retention lies above 0."""
+    cells = {}
+    for (c, r, rec, kind), a in agg.items():
+        cells.setdefault((c, r, rec), a)
+    counts = {GEN_LESS: 0, CLS_LESS: 0, UNCLEAR: 0}
+    missing = 0
+    for a in cells.values():
+        if a["verdict"] in counts:
+            counts[a["verdict"]] += 1
+        else:
+            missing += 1
+    total = sum(counts.values())
+    if not total:
+        return ["No cell has a chance-adjusted retention for both kinds, so the kinds are not compared."]
+    text = (f"Comparing kinds cell by cell (paired 95% interval of classification minus generation mean "
+            f"chance-adjusted retention): generation kept less in {counts[GEN_LESS]}, classification kept less in "
+            f"{counts[CLS_LESS]}, not distinguishable in {counts[UNCLEAR]} of {total} pruned or recovered cells")
+    if missing:
+        text += f" ({missing} more without both kinds)"
+    return [text + "."]
+
+
+def ablation_findings(ablation: dict, kinds: list[str]) -> list[str]:
+    """Per kind, the layers whose single-layer drop (mean over the kind's tasks) has a paired 95% interval
+    above 0; when none has, the sentence says the data cannot tell."""
+    out = []
+    n = ablation.get("limit")
+    for kind in kinds:
+        info = (ablation.get("kinds") or {}).get(kind)
+        if not info:
+            if any(v["kind"] == kind for v in ablation["tasks"].values()):
+                out.append(f"Skipping one layer alone: the ablation has no paired intervals for "
+                           f"{kind_label(kind)} tasks, so the data cannot tell which layer matters most.")
+            continue
+        critical = [(layer, d, lo, hi) for layer, d, lo, hi in zip(ablation["layers"], info["drop"], info["lo"],
+                                                                    info["hi"]) if lo is not None and lo > 0]
+        if not critical:
+            out.append(f"Skipping one layer alone: no layer's drop on {kind_label(kind)} tasks has a 95% interval "
+                       f"excluding 0 ({n} items per task), so the data cannot tell which layer matters most.")
+            continue
+        critical.sort(key=lambda c: -c[1])
+        layer, d, lo, hi = critical[0]
+        names = ", ".join(str(c[0]) for c in sorted(critical))
+        out.append(f"Skipping one layer alone: for {kind_label(kind)} tasks, {len(critical)} of "
+                   f"{len(ablation['layers'])} layers cost accuracy beyond their 95% interval (layer"
+                   f"{'s' * (len(critical) > 1)} {names}); the largest drop is layer {layer}, {100 * d:.0f} points "
+                   f"[{100 * lo:.0f}, {100 * hi:.0f}] ({n} items per task; about {0.025 * len(ablation['layers']):.1f} "
+                   f"layers would pass by chance alone).")
+    return out
 
 
 def recommend(rows: list[dict], *, criteria: list[str], methods: list[str], target: float) -> list[dict]:
@@ -54,48 +124,46 @@ def findings(rows: list[dict], *, criteria: list[str], ratios: list[float], meth
         parts.append(f"{mean(b['accuracy'] for b in tasks):.0%} on {kind_label(kind)} tasks "
                      f"(chance {mean((b['chance'] or 0) for b in tasks):.0%}, {len(tasks)} task{'s' * (len(tasks) > 1)})")
     out.append("At baseline the model scores " + " and ".join(parts) + ".")
-    weak = [t for t, b in base.items() if b["ci_lo"] is not None and b["chance"] is not None and b["ci_lo"] <= b["chance"]]
+    weak = [t for t, b in base.items() if b.get("adj_note")]
     if weak:
-        out.append(f"Baseline accuracy is not clearly above chance on {', '.join(weak)} (the 95% interval reaches the "
-                   f"chance level), so retention on {'it' if len(weak) == 1 else 'them'} says little.")
+        listed = ", ".join(f"{t} ({base[t]['adj_note']})" for t in weak)
+        out.append(f"No chance-adjusted retention for {listed}: "
+                   f"{'it stays' if len(weak) == 1 else 'they stay'} out of the headline and the kind comparison.")
+    unclear = [t for t, b in base.items() if not b.get("adj_note") and b["ci_lo"] is not None
+               and b["chance"] is not None and b["ci_lo"] <= b["chance"]]
+    if unclear:
+        out.append(f"Baseline accuracy is not clearly above chance on {', '.join(unclear)} (the 95% interval reaches "
+                   f"the chance level), so retention on {'it' if len(unclear) == 1 else 'them'} says little.")
 
     for ratio in sorted(ratios):
         per_kind = {}
         for kind in kinds:
             vals = {c: agg[(c, ratio, "none", kind)] for c in criteria if (c, ratio, "none", kind) in agg}
             if vals:
-                best = max(vals, key=lambda c: vals[c]["retention"])
-                per_kind[kind] = (mean(v["retention"] for v in vals.values()), best, vals[best]["retention"],
-                                  next(iter(vals.values()))["layers_removed"])
+                per_kind[kind] = vals
         if not per_kind:
             continue
-        k = next(iter(per_kind.values()))[3]
-        kept = " and ".join(f"{_pct(v[0])} of {kind_label(kind)} accuracy" for kind, v in per_kind.items())
-        best = "; ".join(f"best for {kind_label(kind)}: {v[1]} ({_pct(v[2])})" for kind, v in per_kind.items())
-        scope = f"mean over {len(criteria)} criteria; {best}" if len(criteria) > 1 else criteria[0]
-        out.append(f"Removing {ratio:.0%} of layers ({k} of {num_layers}) keeps {kept} ({scope}).")
+        k = next(iter(next(iter(per_kind.values())).values()))["layers_removed"]
+        kept = " and ".join(f"{_span([v['retention'] for v in vals.values()])} of {kind_label(kind)} accuracy above chance"
+                            for kind, vals in per_kind.items())
+        scope = f"across {len(criteria)} criteria" if len(criteria) > 1 else criteria[0]
+        out.append(f"Removing {ratio:.0%} of layers ({k} of {num_layers}) keeps {kept} ({scope}; chance-adjusted "
+                   f"retention, intervals in the table).")
 
     for crit in criteria:
         for ratio in sorted(ratios):
             for method in methods:
                 if not any((crit, ratio, method, kind) in agg for kind in kinds):
                     continue
-                before = " and ".join(f"{kind_label(kind)} {_pct(agg[(crit, ratio, 'none', kind)]['retention'])}"
+                before = " and ".join(f"{kind_label(kind)} {_ci(agg[(crit, ratio, 'none', kind)])}"
                                       for kind in kinds if (crit, ratio, "none", kind) in agg)
-                after = " and ".join(f"{_pct(agg[(crit, ratio, method, kind)]['retention'])}" for kind in kinds
+                after = " and ".join(f"{_ci(agg[(crit, ratio, method, kind)])}" for kind in kinds
                                      if (crit, ratio, method, kind) in agg)
-                out.append(f"With {crit} at {ratio:.0%}, {method} recovery brings retention from {before} to {after} "
-                           f"respectively.")
+                out.append(f"With {crit} at {ratio:.0%}, {method} recovery brings chance-adjusted retention from "
+                           f"{before} to {after} respectively.")
 
     if len(kinds) == 2:
-        cls, gen = kinds
-        pairs = [(agg[(c, r, rec, cls)]["retention"], agg[(c, r, rec, gen)]["retention"])
-                 for (c, r, rec, kd) in agg if kd == cls and (c, r, rec, gen) in agg]
-        if pairs:
-            worse = sum(1 for a, b in pairs if b < a)
-            out.append(f"Generative tasks kept less than classification tasks in {worse} of {len(pairs)} pruned or "
-                       f"recovered cells (mean retention {_pct(mean(p[1] for p in pairs))} vs "
-                       f"{_pct(mean(p[0] for p in pairs))}).")
+        out += gap_findings(agg)
 
     for kind in kinds:
         recs = [r for r in recommend(rows, criteria=criteria, methods=methods, target=target) if r["kind"] == kind]
@@ -104,10 +172,12 @@ def findings(rows: list[dict], *, criteria: list[str], ratios: list[float], meth
             continue
         best = max(plain, key=lambda r: (r["max_ratio"] or 0, r["retention"] or 0))
         if best["max_ratio"] is None:
-            text = (f"To keep at least {target:.0%} of {kind_label(kind)} accuracy, none of the tested ratios "
+            text = (f"To keep at least {target:.0%} of {kind_label(kind)} accuracy above chance (point estimates), none "
+                    f"of the tested ratios "
                     f"(smallest {min(ratios):.0%}) qualifies without recovery")
         else:
-            text = (f"To keep at least {target:.0%} of {kind_label(kind)} accuracy, remove at most "
+            text = (f"To keep at least {target:.0%} of {kind_label(kind)} accuracy above chance (point estimates), "
+                    f"remove at most "
                     f"{best['max_ratio']:.0%} of layers ({best['layers_removed']} of {num_layers}, with {best['criterion']})")
         recovered = [r for r in recs if r["recovery"] != "none"]
         if recovered:
@@ -132,16 +202,7 @@ def findings(rows: list[dict], *, criteria: list[str], ratios: list[float], meth
                        f"{agreement['k']} layers removed by both at {agreement['k']} removed).")
 
     if ablation:
-        for kind in kinds:
-            tasks = [t for t, v in ablation["tasks"].items() if v["kind"] == kind]
-            if not tasks:
-                continue
-            drops = [mean(ablation["tasks"][t]["drop"][i] for t in tasks) for i in range(len(ablation["layers"]))]
-            worst = max(range(len(drops)), key=lambda i: drops[i])
-            severe = sum(1 for d in drops if d >= 0.1)
-            out.append(f"Skipping one layer alone: for {kind_label(kind)} tasks layer {ablation['layers'][worst]} matters "
-                       f"most (mean drop {drops[worst] * 100:.0f} points); {severe} of {len(drops)} layers cost 10 "
-                       f"points or more.")
+        out += ablation_findings(ablation, kinds)
 
     if efficiency:
         measured = [(e["num_layers"], e["speedup"]) for e in efficiency.values() if "speedup" in e]

@@ -2,7 +2,12 @@
 
 A row of results.csv is one (cell, task): criterion, ratio, layers_removed, removed (0-based layers,
 space-separated), recovery (``none`` or the method), task, kind, n, accuracy, ci_lo, ci_hi, chance,
-retention (accuracy / baseline accuracy). The baseline is the row set with criterion ``none``, ratio 0.
+retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((accuracy - chance) /
+(baseline - chance)) with retention_adj_lo/hi, adj_note (why a task has no adjusted retention);
+kind_retention_adj(_lo/_hi): mean adjusted retention of the row's kind in its cell; gap(_lo/_hi), verdict,
+gap_note: the cell's classification-minus-generation gap in mean adjusted retention (repeated on each
+row of the cell). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
+the samples.jsonl files. The baseline is the row set with criterion ``none``, ratio 0.
 """
 from __future__ import annotations
 
@@ -13,10 +18,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from prunescope import stats
 from prunescope.io import read_json, write_text
 
 COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
-           "ci_hi", "chance", "retention"]
+           "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
+           "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note"]
+FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
+          "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
+          "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi"]
 KIND_LABEL = {"multiple_choice": "classification", "generate": "generative"}
 KINDS = ["multiple_choice", "generate"]
 
@@ -31,30 +42,65 @@ def study_info(run_dir: Path) -> dict:
     return read_json(path) if path.is_file() else {"config": {}}
 
 
+def _samples(folder: Path) -> list[dict] | None:
+    path = folder / "samples.jsonl"
+    if not path.is_file():
+        return None
+    import json
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def _rows_for(metrics: dict, *, criterion: str, ratio: float, removed: list[int], recovery: str,
-              baseline: dict[str, float], tasks: list[str]) -> list[dict]:
-    rows = []
+              baseline: dict[str, dict], tasks: list[str], base_samples: list[dict] | None = None,
+              samples: list[dict] | None = None, seed: int = 0) -> list[dict]:
+    """Rows of one cell, with paired-bootstrap retention when both cells' samples are at hand."""
+    rows, paired = [], []
+    pairs = stats.pair_samples(base_samples, samples) if base_samples is not None and samples is not None else {}
     names = [t for t in tasks if t in metrics["tasks"]] + [t for t in metrics["tasks"] if t not in tasks]
     for task in names:
         m = metrics["tasks"][task]
         lo, hi = (m.get("ci95") or [math.nan, math.nan])[:2]
-        base = baseline.get(task)
-        rows.append({
-            "criterion": criterion, "ratio": ratio, "layers_removed": len(removed),
-            "removed": " ".join(str(i) for i in removed), "recovery": recovery, "task": task, "kind": m["kind"],
-            "n": m.get("n"), "accuracy": m["accuracy"], "ci_lo": lo, "ci_hi": hi, "chance": m.get("chance"),
-            "retention": m["accuracy"] / base if base else None,
-        })
+        b = baseline.get(task) or {}
+        base, chance = b.get("accuracy"), m.get("chance", b.get("chance"))
+        row = {"criterion": criterion, "ratio": ratio, "layers_removed": len(removed),
+               "removed": " ".join(str(i) for i in removed), "recovery": recovery, "task": task, "kind": m["kind"],
+               "n": m.get("n"), "accuracy": m["accuracy"], "ci_lo": lo, "ci_hi": hi, "chance": chance,
+               "retention": m["accuracy"] / base if base else None}
+        if base is not None:
+            note = stats.adjusted_reason(base, chance)
+            row.update(retention_adj=None if note else (m["accuracy"] - chance) / (base - chance), adj_note=note)
+        if criterion == "none":
+            pass  # the baseline against itself: retention 1 by definition, no interval
+        elif task in pairs:
+            ids, fb, fo = pairs[task]
+            p = stats.Paired(task, m["kind"], chance, ids, fb, fo, seed=seed)
+            paired.append(p)
+            row.update(p.summary())
+        elif base is not None:
+            row["adj_note"] = row["adj_note"] or "no per-item samples paired with the baseline: no interval"
+        rows.append(row)
+    if paired:
+        gap = stats.kind_gap(paired)
+        for row in rows:
+            kind = gap["kinds"].get(row["kind"])
+            if kind:
+                row.update(kind_retention_adj=kind["retention_adj"], kind_retention_adj_lo=kind["lo"],
+                           kind_retention_adj_hi=kind["hi"])
+            row.update(gap=gap["gap"], gap_lo=gap["gap_lo"], gap_hi=gap["gap_hi"], verdict=gap["verdict"],
+                       gap_note=gap["reason"])
     return rows
 
 
 def collect_results(run_dir: str | Path) -> list[dict]:
-    """Every (cell, task) row, read from baseline/ and cells/*/ metrics files, in config order."""
+    """Every (cell, task) row, read from baseline/ and cells/*/ metrics and samples files, in config order."""
     run_dir = Path(run_dir)
     cfg = study_info(run_dir).get("config", {})
     base = read_json(run_dir / "baseline" / "metrics.json")
+    base_samples = _samples(run_dir / "baseline")
     tasks = list(cfg.get("tasks") or base["tasks"])
-    baseline = {t: m["accuracy"] for t, m in base["tasks"].items()}
+    baseline = base["tasks"]
+    seed = int(cfg.get("seed") or 0)
     rows = _rows_for(base, criterion="none", ratio=0.0, removed=[], recovery="none", baseline=baseline, tasks=tasks)
     cells = [p for p in (run_dir / "cells").glob("*/prunescope.json")] if (run_dir / "cells").is_dir() else []
     metas = [(read_json(p), p.parent) for p in cells]
@@ -65,11 +111,12 @@ def collect_results(run_dir: str | Path) -> list[dict]:
         if not (cell / "metrics.json").is_file():
             continue
         common = dict(criterion=meta["criterion"], ratio=float(meta["ratio"]), removed=meta["removed_layers"],
-                      baseline=baseline, tasks=tasks)
-        rows += _rows_for(read_json(cell / "metrics.json"), recovery="none", **common)
+                      baseline=baseline, tasks=tasks, base_samples=base_samples, seed=seed)
+        rows += _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
         found = sorted(p.name.removeprefix("recovery-") for p in cell.glob("recovery-*") if (p / "metrics.json").is_file())
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):
-            rows += _rows_for(read_json(cell / f"recovery-{method}" / "metrics.json"), recovery=method, **common)
+            rdir = cell / f"recovery-{method}"
+            rows += _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
     return rows
 
 
@@ -105,7 +152,7 @@ def read_results_csv(path: str | Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             parsed: dict[str, Any] = dict(row)
-            for key in ("ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention"):
+            for key in FLOATS:
                 parsed[key] = float(row[key]) if row.get(key) not in (None, "") else None
             for key in ("layers_removed", "n"):
                 parsed[key] = int(row[key]) if row.get(key) not in (None, "") else None
@@ -118,34 +165,41 @@ def baseline_rows(rows: list[dict]) -> dict[str, dict]:
     return {r["task"]: r for r in rows if r["criterion"] == "none"}
 
 
-def retention_band(row: dict, base: dict) -> tuple[float, float]:
-    """Retention interval: the accuracy's 95% interval divided by the baseline accuracy."""
-    b = base["accuracy"]
-    if not b or row["ci_lo"] is None:
-        return (math.nan, math.nan)
-    return row["ci_lo"] / b, row["ci_hi"] / b
-
-
 def aggregate(rows: list[dict]) -> dict[tuple, dict]:
-    """Per (criterion, ratio, recovery, kind): mean accuracy and retention over that kind's tasks, with
-    the mean of the per-task retention bounds as the band (a conservative summary of the tasks' 95% intervals)."""
-    base = baseline_rows(rows)
+    """Per (criterion, ratio, recovery, kind): ``retention`` = mean chance-adjusted retention over the kind's
+    tasks that have one, with ``lo``/``hi`` its paired-bootstrap 95% interval; ``raw`` = mean raw retention;
+    ``excluded`` = the kind's tasks left out (base too close to chance). Kinds with no eligible task are absent."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["criterion"] == "none" or r["task"] not in base or not base[r["task"]]["accuracy"]:
-            continue
-        groups[(r["criterion"], r["ratio"], r["recovery"], r["kind"])].append(r)
+        if r["criterion"] != "none":
+            groups[(r["criterion"], r["ratio"], r["recovery"], r["kind"])].append(r)
     out = {}
     for key, members in groups.items():
-        bands = [retention_band(m, base[m["task"]]) for m in members]
+        eligible = [m for m in members if m.get("retention_adj") is not None]
+        if not eligible:
+            continue
+        first = eligible[0]
+        point = first.get("kind_retention_adj")
         out[key] = {
-            "retention": sum(m["retention"] for m in members) / len(members),
-            "lo": sum(b[0] for b in bands) / len(bands), "hi": sum(b[1] for b in bands) / len(bands),
+            "retention": point if point is not None else sum(m["retention_adj"] for m in eligible) / len(eligible),
+            "lo": _nan(first.get("kind_retention_adj_lo")), "hi": _nan(first.get("kind_retention_adj_hi")),
+            "raw": _mean([m["retention"] for m in members]),
             "accuracy": sum(m["accuracy"] for m in members) / len(members),
-            "layers_removed": members[0]["layers_removed"], "tasks": [m["task"] for m in members],
-            "chance_retention": sum((m["chance"] or 0) / base[m["task"]]["accuracy"] for m in members) / len(members),
+            "layers_removed": members[0]["layers_removed"], "tasks": [m["task"] for m in eligible],
+            "excluded": [m["task"] for m in members if m.get("retention_adj") is None],
+            "gap": _nan(first.get("gap")), "gap_lo": _nan(first.get("gap_lo")), "gap_hi": _nan(first.get("gap_hi")),
+            "verdict": first.get("verdict") or "",
         }
     return out
+
+
+def _nan(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
 
 
 def ordered(values, order: list | None = None) -> list:

@@ -1,12 +1,16 @@
 """The study: baseline -> scores -> pruned cells -> recovery -> efficiency -> ablation -> report.
 
-Each stage writes its artifacts atomically and is skipped when they already exist, so a study
-killed at any moment (``kill -9`` included) and started again recomputes nothing finished. A cell is
-finished when its ``metrics.json`` exists; that file is always written last.
+Each stage writes its artifacts atomically and is skipped when they exist and were made with the same
+inputs (``steps.json``, see ``prunescope.study.steps``), so a study killed at any moment (``kill -9``
+included) and started again recomputes nothing finished, and a changed setting never passes old numbers
+off as new: the affected steps are refused, or recomputed with ``force``. A cell is finished when its
+``metrics.json`` exists; that file is always written last.
 
 Run folder layout::
 
     study.json                       provenance: config, seeds, versions, start/end time
+    run.json, study.log              the trail: command line, config, versions, host, isolation, step timings; the log
+    steps.json                       per step, the identity and inputs its artifacts were made with
     baseline/metrics.json, samples.jsonl, efficiency.json
     scores/<criterion>.json          (angular: scores/angular-k<k>.json, one per layer count)
     cells/<criterion>-r<ratio>/      prunescope.json, metrics.json, samples.jsonl, efficiency.json,
@@ -19,25 +23,22 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
-import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
 
 from prunescope.errors import UsageError
 from prunescope.io import read_json, write_json
 from prunescope.study.config import StudyConfig
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
+from prunescope.study.steps import Manifest, Step, eta_text, plan_text
 
 log = logging.getLogger("prunescope.study")
 
-# Config keys whose change makes finished artifacts of an earlier run invalid.
-IDENTITY_KEYS = ("model", "dtype", "seed", "tasks", "limit", "scoring")
 
 
 def cell_name(criterion: str, ratio: float) -> str:
@@ -45,18 +46,13 @@ def cell_name(criterion: str, ratio: float) -> str:
     return f"{criterion}-r{ratio:g}"
 
 
-@dataclass
-class Step:
-    label: str
-    done: Callable[[], bool]
-    run: Callable[[], None]
-
-
 class StudyRun:
     """One study in one folder; ``run()`` executes the steps that are not finished yet."""
 
-    def __init__(self, config: StudyConfig, stages: Stages | None = None):
+    def __init__(self, config: StudyConfig, stages: Stages | None = None, *, progress: bool | None = None):
         self.config = config
+        # progress bars only where someone watches them; a log file or CI gets one line per step
+        self.progress = sys.stderr.isatty() if progress is None else progress
         self.out = config.out_dir
         self.stages = (stages or Stages()).resolved()
         self._model = None
@@ -91,39 +87,81 @@ class StudyRun:
         from prunescope.pruning import count_for_ratio
         return {r: count_for_ratio(r, total, flag="ratios") for r in self.config.ratios}
 
+    def _common(self) -> dict:
+        """Inputs every step shares: what model, at what precision, with which seed and code version."""
+        from prunescope import __version__
+        cfg = self.config
+        return {"prunescope": __version__, "model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed}
+
+    def _eval_inputs(self) -> dict:
+        cfg = self.config
+        return {"tasks": list(cfg.tasks), "limit": cfg.limit, "data": cfg.data}
+
     def plan(self) -> list[Step]:
-        cfg, total = self.config, self.num_layers()
+        """Every step of the study in order, each with the inputs that make its identity. A new grid axis
+        adds its steps here: one ``Step`` per unit of work, naming the steps it reads from in ``after``."""
+        cfg, total, out = self.config, self.num_layers(), self.out
         counts = self.removal_counts(total)
-        steps = [Step("eval baseline", lambda: (self.out / "baseline/metrics.json").is_file(), self.run_baseline)]
+        common, evals = self._common(), self._eval_inputs()
+        items = len(cfg.tasks) * (cfg.limit or 200)  # the work of one evaluation, for estimates
+        steps = [Step("baseline", "eval baseline", {**common, **evals},
+                      [out / "baseline/metrics.json", out / "baseline/samples.jsonl"], self.run_baseline, work=items)]
+        score_steps: dict[tuple[str, int | None], Step] = {}
         for crit, k, file in scoring_plan(cfg.criteria, sorted(set(counts.values()))):
-            path = self.out / "scores" / file
+            path = out / "scores" / file
             label = f"score {crit}" + (f" (removing {k})" if crit in PER_COUNT | ITERATIVE else "")
-            steps.append(Step(label, path.is_file, lambda c=crit, k=k, p=path: self.run_scores(c, k, p)))
+            inputs = {**common, "criterion": crit, "num_layers": k, "scoring": dict(cfg.scoring)}
+            if crit == "greedy_task" and "tasks" not in cfg.scoring:
+                inputs["tasks"] = list(cfg.tasks)  # it steers by the study's own tasks
+            step = Step(f"scores/{file}", label, inputs, [path], lambda c=crit, k=k, p=path: self.run_scores(c, k, p))
+            steps.append(step)
+            score_steps[(crit, k)] = step
+
+        def scores_for(crit: str, k: int) -> Step:
+            return score_steps.get((crit, k)) or next(s for (c, _), s in score_steps.items() if c == crit)
+
         for crit in cfg.criteria:
             for r in cfg.ratios:
-                cell = self.out / "cells" / cell_name(crit, r)
-                steps.append(Step(f"eval {crit} r={r:g} ({counts[r]} of {total} layers)",
-                                  (cell / "metrics.json").is_file,
-                                  lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d)))
+                cell = out / "cells" / cell_name(crit, r)
+                dep = scores_for(crit, counts[r])
+                steps.append(Step(f"cells/{cell.name}", f"eval {crit} r={r:g} ({counts[r]} of {total} layers)",
+                                  {**common, **evals, "criterion": crit, "ratio": r, "removed": counts[r],
+                                   "after": {dep.key: dep.identity}},
+                                  [cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
+                                  lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d), work=items))
         for crit, r in cfg.recovered_cells():
+            dep = scores_for(crit, counts[r])
             for method in cfg.recovery.methods:
-                rdir = self.out / "cells" / cell_name(crit, r) / f"recovery-{method}"
-                steps.append(Step(f"recover {method} {crit} r={r:g}", (rdir / "metrics.json").is_file,
+                rdir = out / "cells" / cell_name(crit, r) / f"recovery-{method}"
+                inputs = {**common, **evals, "criterion": crit, "ratio": r, "method": method,
+                          "recovery": dict(cfg.recovery.settings), "after": {dep.key: dep.identity}}
+                steps.append(Step(f"{rdir.parent.name}/{rdir.name}", f"recover {method} {crit} r={r:g}", inputs,
+                                  [rdir / "metrics.json", rdir],
                                   lambda c=crit, r=r, m=method, d=rdir: self.run_recovery(c, r, counts[r], m, d)))
         if cfg.efficiency.enabled:
-            steps.append(Step("efficiency base", (self.out / "baseline/efficiency.json").is_file,
-                              self.run_base_efficiency))
+            eff = {**common, "efficiency": asdict(cfg.efficiency)}
+            base_step = Step("efficiency/base", "efficiency base", eff, [out / "baseline/efficiency.json"],
+                             self.run_base_efficiency)
+            steps.append(base_step)
             for k in sorted(set(counts.values())):
-                cells = [self.out / "cells" / cell_name(c, r) for c in cfg.criteria for r in cfg.ratios
-                         if counts[r] == k]
-                steps.append(Step(f"efficiency {k} of {total} layers removed",
-                                  lambda cs=cells: all((c / "efficiency.json").is_file() for c in cs),
-                                  lambda cs=cells: self.run_efficiency(cs)))
+                pairs = [(c, r) for c in cfg.criteria for r in cfg.ratios if counts[r] == k]
+                cells = [out / "cells" / cell_name(c, r) for c, r in pairs]
+                dep = scores_for(pairs[0][0], k)  # measured on the first cell's removal set
+                steps.append(Step(f"efficiency/k{k}", f"efficiency {k} of {total} layers removed",
+                                  {**eff, "cells": [c.name for c in cells],
+                                   "after": {base_step.key: base_step.identity, dep.key: dep.identity}},
+                                  [c / "efficiency.json" for c in cells], lambda cs=cells: self.run_efficiency(cs),
+                                  extra_done=lambda cs=cells: all((c / "efficiency.json").is_file() for c in cs)))
         if cfg.ablation.enabled:
+            abl = {**common, "data": cfg.data, "ablation": {"limit": cfg.ablation.limit, "tasks": self.ablation_tasks()}}
+            base_path = out / "ablation" / "base.json"
+            ablation_items = len(self.ablation_tasks()) * cfg.ablation.limit
+            steps.append(Step("ablation/base", "ablation base", abl, [base_path],
+                              lambda p=base_path: write_json(p, self._ablation_eval(p)), work=ablation_items))
             for layer in range(total):
-                path = self.out / "ablation" / f"layer-{layer:03d}.json"
-                steps.append(Step(f"ablation layer {layer}", path.is_file,
-                                  lambda i=layer, p=path: self.run_ablation_layer(i, p)))
+                path = out / "ablation" / f"layer-{layer:03d}.json"
+                steps.append(Step(f"ablation/layer-{layer:03d}", f"ablation layer {layer}", {**abl, "layer": layer},
+                                  [path], lambda i=layer, p=path: self.run_ablation_layer(i, p), work=ablation_items))
         return steps
 
     # ---- stages ----
@@ -134,7 +172,7 @@ class StudyRun:
 
     def eval_kwargs(self, *, baseline: bool = False, limit: int | None = None) -> dict:
         cfg = self.config
-        kwargs = dict(limit=limit or cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size)
+        kwargs = dict(limit=limit or cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size, progress=self.progress)
         if cfg.data:
             kwargs["data"] = cfg.data
         if baseline:
@@ -188,19 +226,20 @@ class StudyRun:
         del pruned
 
     def run_recovery(self, criterion: str, ratio: float, k: int, method: str, rdir: Path) -> None:
-        from prunescope.pruning import drop_layers
         cfg, plan = self.config, self.config.recovery
         settings = dict(plan.settings)
         settings.setdefault("seed", cfg.seed)
         rconfig = self.stages.recover_config(method=method, **settings)
         summary = rdir / "recover.json"
         if not summary.is_file() or not (rdir / "merged" / "config.json").is_file():
-            shared = self.out / "recovery-data" / "self_generated.jsonl"
+            # keyed by the settings that made it, so changed recovery settings never reuse old responses
+            key = Step("", "", {**self._common(), **settings}, [], lambda: None).identity
+            shared = self.out / "recovery-data" / key / "self_generated.jsonl"
             if shared.is_file() and not (rdir / shared.name).is_file():
                 # teacher responses depend only on the base model and the prompts: generate them once
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, rdir / shared.name)
-            student = drop_layers(copy.deepcopy(self.model), layers=self.removed_layers(criterion, k))
+            student = self._recovery_student(criterion, k, rconfig, rdir)
             self.stages.recover(student, self.tokenizer, teacher=self.model, teacher_tokenizer=self.tokenizer,
                                 config=rconfig, out=rdir, overwrite=False, resume=True)
             del student
@@ -212,8 +251,21 @@ class StudyRun:
                       **self.eval_kwargs(baseline=True))
         del recovered
         if not plan.keep_merged:  # only after metrics.json exists, so a kill here loses nothing
-            for name in ("merged", "checkpoint"):
+            for name in ("merged", "checkpoint", "student"):
                 shutil.rmtree(rdir / name, ignore_errors=True)
+
+    def _recovery_student(self, criterion: str, k: int, rconfig, rdir: Path):
+        """The cut to recover: a copy of the base with the layers dropped or, for QLoRA, the cut saved to
+        ``rdir/student`` and loaded back in 4-bit NF4 (the merge reloads it at 16 bits)."""
+        from prunescope.pruning import drop_layers
+        removed = self.removed_layers(criterion, k)
+        if not getattr(rconfig, "qlora", False):
+            return drop_layers(copy.deepcopy(self.model), layers=removed)
+        from prunescope.models import get_layers
+        from prunescope.recovery.loading import load_4bit
+        if not (rdir / "student" / "config.json").is_file():
+            self._save_checkpoint(criterion, removed, len(get_layers(self.model)), rdir / "student")
+        return load_4bit(str(rdir / "student"))[0]
 
     def _efficiency(self, **extra) -> dict:
         e = self.config.efficiency
@@ -237,68 +289,100 @@ class StudyRun:
     def ablation_tasks(self) -> list[str]:
         return self.config.ablation.tasks or self.config.tasks
 
+    def _ablation_eval(self, folder: Path) -> dict:
+        """Evaluate the ablation tasks into ``folder``'s scratch space and return the metrics with each
+        task's per-item results (``items: {task: {ids, correct}}``), so drops get paired intervals."""
+        cfg = self.config
+        scratch = folder.with_name(folder.name + ".eval")
+        metrics = call_evaluate(self.stages.evaluate, self.model, self.tokenizer, self.ablation_tasks(),
+                                out_dir=scratch, **self.eval_kwargs(limit=cfg.ablation.limit))
+        items: dict[str, dict] = {}
+        samples = scratch / "samples.jsonl"
+        if samples.is_file():
+            import json
+            for line in samples.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    entry = items.setdefault(row["task"], {"ids": [], "correct": []})
+                    entry["ids"].append(str(row["id"]))
+                    entry["correct"].append(int(bool(row["correct"])))
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {**metrics, "items": items}
+
     def run_ablation_layer(self, layer: int, path: Path) -> None:
         from prunescope.pruning import skip_layers
-        cfg = self.config
-        base_path = self.out / "ablation" / "base.json"
-        kwargs = self.eval_kwargs(limit=cfg.ablation.limit)
-        if not base_path.is_file():
-            write_json(base_path, self.stages.evaluate(self.model, self.tokenizer, self.ablation_tasks(), **kwargs))
         with skip_layers(self.model, layers=[layer]):
-            metrics = self.stages.evaluate(self.model, self.tokenizer, self.ablation_tasks(), **kwargs)
+            metrics = self._ablation_eval(path)
         write_json(path, {"layer": layer, **metrics})
 
     def write_ablation_summary(self, total: int) -> None:
-        """ablation/ablation.json: accuracy per layer skipped, per task, and the drop from the base."""
-        folder = self.out / "ablation"
-        base = read_json(folder / "base.json")
-        layers = [read_json(folder / f"layer-{i:03d}.json") for i in range(total)]
-        tasks = {}
-        for name, info in base["tasks"].items():
-            accs = [m["tasks"][name]["accuracy"] for m in layers]
-            tasks[name] = {"kind": info["kind"], "n": info.get("n"), "chance": info.get("chance"),
-                           "base_accuracy": info["accuracy"], "accuracy": accs,
-                           "drop": [info["accuracy"] - a for a in accs]}
-        write_json(folder / "ablation.json", {"limit": self.config.ablation.limit, "num_layers": total,
-                                              "layers": list(range(total)), "tasks": tasks})
+        from prunescope.study.ablation import write_ablation_summary
+        write_ablation_summary(self.out / "ablation", total, limit=self.config.ablation.limit, seed=self.config.seed)
 
     # ---- the whole thing ----
-    def check_previous(self) -> dict | None:
-        """The earlier study.json in this folder, refusing one made with a different identity."""
-        path = self.out / "study.json"
-        if not path.is_file():
-            return None
-        old = read_json(path)
-        mine = self.config.to_dict()
-        for key in IDENTITY_KEYS:
-            if old.get("config", {}).get(key) != mine.get(key):
-                raise UsageError(f"{self.out} holds a study made with a different {key} "
-                                 f"({old.get('config', {}).get(key)!r}); pass --overwrite to start over or "
-                                 f"--out to use another folder")
-        return old
-
-    def run(self) -> Path:
+    def run(self, *, force: bool = False) -> Path:
         validate_names(self.config)
         self.out.mkdir(parents=True, exist_ok=True)
-        previous = self.check_previous()
+        handler = logging.FileHandler(self.out / "study.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        level = log.level
+        log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)  # the log file gets every step even when the terminal is quiet
+        try:
+            return self._run(force)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(level)
+
+    def _check_stale(self, steps: list[Step], manifest: Manifest, force: bool) -> None:
+        """Refuse (without ``force``) finished steps whose inputs changed; log what is recomputed and why."""
+        stale = [s for s in steps if manifest.stale(s)]
+        changed = [s for s in stale if s.key in manifest.entries]
+        if changed and not force:
+            keys = sorted({k for s in changed for k in manifest.reasons(s) if not k.startswith("after ")})
+            labels = ", ".join(s.label for s in changed[:4]) + (", ..." if len(changed) > 4 else "")
+            raise UsageError(f"{self.out} holds results made with a different {', '.join(keys) or 'configuration'}: "
+                             f"{len(changed)} finished step(s) would change ({labels}); pass --force to recompute them "
+                             f"and the steps that depend on them, --overwrite to start over, or --out to use another "
+                             f"folder")
+        for s in stale:
+            log.info("recomputing %s: %s changed", s.label, ", ".join(manifest.reasons(s)))
+
+    def _run(self, force: bool) -> Path:
+        path = self.out / "study.json"
+        previous = read_json(path) if path.is_file() else None
         started = time.time()
         steps = self.plan()
         total = self.num_layers()
-        pending = [s for s in steps if not s.done()]
+        manifest = Manifest(self.out)
+        self._check_stale(steps, manifest, force)
+        pending = [s for s in steps if not manifest.done(s)]
         info = self._provenance(previous, total, resuming=bool(pending) and previous is not None)
-        write_json(self.out / "study.json", info)
+        write_json(path, info)
+        trail = self._trail(info)
         if previous is not None and len(pending) < len(steps):
-            log.info("resuming %s: %d of %d stages already finished", self.out, len(steps) - len(pending), len(steps))
-        ran = 0
+            log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
+        ran, ablated = 0, False
+        log.info("plan: %s", plan_text(pending))
         for index, step in enumerate(steps, 1):
-            if step.done():
+            if manifest.done(step):
                 continue
-            left = sum(1 for s in steps[index:] if not s.done())
-            log.info("[%d/%d] %s  (%d left after this, %s elapsed)", index, len(steps), step.label, left,
-                     _duration(time.time() - started))
+            todo = [s for s in steps[index - 1:] if not manifest.done(s)]
+            log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
+                     _duration(time.time() - started), eta_text(todo, trail["steps"]))
+            if manifest.entries.get(step.key, {}).get("identity") != step.identity:
+                step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
+            manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
+            t0 = time.time()
             step.run()
+            trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "work": step.work,
+                                        "finished": _now()}
+            write_json(self.out / "run.json", trail)
             ran += 1
-        if self.config.ablation.enabled and (ran or not (self.out / "ablation/ablation.json").is_file()):
+            ablated = ablated or step.key.startswith("ablation/")
+        if self.config.ablation.enabled and (ablated or not (self.out / "ablation/ablation.json").is_file()):
             self.write_ablation_summary(total)
         from prunescope.report import build_report
         from prunescope.report.tables import write_results_csv
@@ -306,10 +390,35 @@ class StudyRun:
         if ran or info.get("finished") is None:
             info["finished"] = _now()
             info["seconds"] = round(info.get("seconds", 0.0) + time.time() - started, 1)
-            write_json(self.out / "study.json", info)
+            write_json(path, info)
+        isolation = self._isolation()
+        if isolation and info.get("isolation") != next(iter(isolation.values())):
+            info["isolation"] = next(iter(isolation.values()))  # one sandbox per run: the report states it
+            write_json(path, info)
         paths = build_report(self.out)
+        trail.update(finished=info["finished"], seconds=info.get("seconds"), isolation=isolation)
+        write_json(self.out / "run.json", trail)
         log.info("study finished in %s: %s", _duration(time.time() - started), paths["html"])
         return self.out
+
+    def _trail(self, info: dict) -> dict:
+        """run.json: command line, config, versions, host, isolation, timings per step (kept across resumes)."""
+        path = self.out / "run.json"
+        old = read_json(path) if path.is_file() else {}
+        trail = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "config": info["config"],
+                 "versions": info["versions"], "host": info["host"], "started": info["started"],
+                 "resumed": info.get("resumed", []), "finished": None, "seconds": info.get("seconds"),
+                 "isolation": old.get("isolation"), "log": "study.log", "steps": old.get("steps", {})}
+        write_json(path, trail)
+        return trail
+
+    def _isolation(self) -> dict | None:
+        """How model-written code was contained, as the evaluation recorded it (tasks that run code only)."""
+        path = self.out / "baseline" / "metrics.json"
+        if not path.is_file():
+            return None
+        found = {name: m["isolation"] for name, m in read_json(path)["tasks"].items() if m.get("isolation")}
+        return found or None
 
     def _provenance(self, previous: dict | None, total: int, resuming: bool) -> dict:
         from prunescope.pruning.save import library_versions
@@ -331,14 +440,17 @@ class StudyRun:
         return info
 
 
-def run_study(config: StudyConfig, *, stages: Stages | None = None) -> Path:
+def run_study(config: StudyConfig, *, stages: Stages | None = None, force: bool = False,
+              progress: bool | None = None) -> Path:
     """Run (or resume) the study described by ``config`` and return its run folder.
 
-    Stages already finished in the folder (their artifacts exist) are skipped; see the module docstring
-    for the layout. ``stages`` swaps the stage functions (load_model, score_layers, evaluate, recover,
-    measure_efficiency), e.g. to count calls in tests.
+    Steps already finished in the folder with the same inputs (see ``prunescope.study.steps``) are skipped;
+    a finished step whose inputs changed is refused with a message naming the change, or recomputed with
+    everything that depends on it when ``force`` is set. See the module docstring for the layout.
+    ``stages`` swaps the stage functions (load_model, score_layers, evaluate, recover, measure_efficiency),
+    e.g. to count calls in tests.
     """
-    return StudyRun(config, stages).run()
+    return StudyRun(config, stages, progress=progress).run(force=force)
 
 
 def _now() -> str:

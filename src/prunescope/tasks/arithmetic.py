@@ -4,13 +4,15 @@ Three formats of the same skill, so recognition and generation can be compared s
 
 * ``arith_<op>_<d>d_gen`` — few-shot ``a op b =``; the model writes the number (exact match of the first
   integer it produces).
-* ``arith_<op>_<d>d_mc`` — the same question; the model picks the result among four by log-likelihood.
-  Distractors are the mistakes people and pruned models make: off by one, a dropped or extra carry,
-  swapped digits, off by ten.
+* ``arith_<op>_<d>d_mc`` — the same items (ids, shots, context); the model picks the result among four
+  by log-likelihood. Distractors are the mistakes people and pruned models make — off by one, a dropped
+  or extra carry, swapped digits, off by ten — with as many digits as the answer, so length gives
+  nothing away; every choice ends with the newline that ends each shot (`` 7\n``), which is where
+  generation stops too, and the gold takes each position equally often.
 * ``arith_mixed_*`` — the paper's single-digit three-operand probe ``(a op b) op c`` (3-shot), as
   generate, as multiple choice, and with *first-digit* scoring: the model's next-token choice among
-  the ten digits after ``=`` (a multiple choice over the continuations `` 0`` … `` 9``, chance 0.1;
-  the shared leading space adds the same log-probability to every choice, so the argmax equals the
+  the ten digits after ``=`` (a multiple choice over the continuations `` 0`` … `` 9``; chance is the
+  share of the commonest first digit, about a third, not 0.1; the shared leading space adds the same log-probability to every choice, so the argmax equals the
   argmax over digit tokens of the next-token logits).
 
 Operands of ``d`` digits have exactly ``d`` digits (1-digit ones may be 0); subtraction keeps
@@ -21,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 
-from prunescope.tasks.sampling import mc_item, synthetic_items
+from prunescope.tasks.sampling import balanced_position, item_id, mc_item, synthetic_items
 from prunescope.tasks.spec import Item, Task, register_task
 
 OPS = {"add": "+", "sub": "-", "mul": "*"}
@@ -72,8 +74,9 @@ def first_int(text: str) -> int | None:
 
 
 def distractors(value: int, rng: random.Random, *, a: int | None = None, b: int | None = None, k: int = 3) -> list[int]:
-    """``k`` plausible wrong answers to ``value``: off by one/two, a lost or extra carry, swapped
-    digits, off by ten; all distinct, non-negative and different from ``value``."""
+    """``k`` plausible wrong answers to ``value`` with as many digits as it: off by one/two, a lost or
+    extra carry, swapped digits, off by ten; all distinct, non-negative and different from ``value``."""
+    width = len(str(value))
     cands: list[int] = [value + 1, value - 1, value + 10, value - 10]
     text = str(value)
     if len(text) >= 2:
@@ -84,16 +87,17 @@ def distractors(value: int, rng: random.Random, *, a: int | None = None, b: int 
         # Digit-wise sum without carries, the classic carry error.
         sa, sb = str(a).zfill(8), str(b).zfill(8)
         cands.append(int("".join(str((int(x) + int(y)) % 10) for x, y in zip(sa, sb))))
-    cands += [value + 2, value - 2, value + 100, value + 3]
+    cands += [value + 2, value - 2, value + 100, value - 100, value + 3, value - 3]
     pool = []
     for c in cands:
-        if c >= 0 and c != value and c not in pool:
+        if c >= 0 and c != value and c not in pool and len(str(c)) == width:
             pool.append(c)
     near, far = pool[:6], pool[6:]
     rng.shuffle(near)
     chosen = (near + far)[:k]
-    while len(chosen) < k:  # tiny values: fall back to any other small numbers
-        c = rng.randint(0, max(10, 2 * value + 5))
+    lo, hi = (0, 9) if width == 1 else (10 ** (width - 1), 10 ** width - 1)
+    while len(chosen) < k:  # few same-width neighbours: any other number of that width, close by first
+        c = rng.randint(max(lo, value - 5), min(hi, value + 5))
         if c != value and c not in chosen:
             chosen.append(c)
     return chosen
@@ -108,12 +112,12 @@ def _gen_task(name: str, description: str, family: str, draw, shots: int, defaul
         def build(q, shot_qs, rng, i):
             expr, value = q
             prompt = _shots_text(shot_qs) + f"{expr} ="
-            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold=value, target=f" {value}",
+            return Item(id=item_id(family, split, seed, i), prompt=prompt, gold=value, target=f" {value}",
                         meta={"expression": expr})
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=_key, build=build,
-                               shots=shots, default_n=default_n)
-    return Task(name=name, kind="generate", description=description, chance=0.0, make_items=make,
-                stop=["\n"], max_new_tokens=12, check=_check_gen, family=family)
+                               shots=shots, default_n=default_n, task=name)
+    return Task(name=name, kind="generate", description=description, make_items=make,
+                stop=["\n"], max_new_tokens=12, check=_check_gen, family=family, pair=name[:-4] + "_mc")
 
 
 def _mc_task(name: str, description: str, family: str, draw, shots: int, default_n: int = 200) -> Task:
@@ -123,13 +127,14 @@ def _mc_task(name: str, description: str, family: str, draw, shots: int, default
             nums = [int(x) for x in re.findall(r"\d+", expr)]
             wrong = distractors(value, rng, a=nums[0], b=nums[1]) if len(nums) == 2 and "+" in expr \
                 else distractors(value, rng)
-            return mc_item(id=f"{name}-{split}-{seed}-{i}", prompt=_shots_text(shot_qs) + f"{expr} =",
+            return mc_item(id=item_id(family, split, seed, i), prompt=_shots_text(shot_qs) + f"{expr} =",
                            gold_text=str(value), distractors=[str(w) for w in wrong], rng=rng,
+                           position=balanced_position(family, seed, split, i, 4),
                            meta={"expression": expr, "value": value})
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=_key, build=build,
-                               shots=shots, default_n=default_n)
-    return Task(name=name, kind="multiple_choice", description=description, chance=0.25, make_items=make,
-                family=family)
+                               shots=shots, default_n=default_n, task=name)
+    return Task(name=name, kind="multiple_choice", description=description, make_items=make,
+                family=family, pair=name[:-3] + "_gen")
 
 
 def _first_digit_task() -> Task:
@@ -139,12 +144,12 @@ def _first_digit_task() -> Task:
         def build(q, shot_qs, rng, i):
             expr, value = q
             choices = [f" {d}" for d in range(10)]
-            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=_shots_text(shot_qs) + f"{expr} =",
+            return Item(id=item_id(family, split, seed, i), prompt=_shots_text(shot_qs) + f"{expr} =",
                         gold=int(str(value)[0]), target=choices[int(str(value)[0])], choices=choices,
                         meta={"expression": expr, "value": value})
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=_draw_mixed, key=_key,
-                               build=build, shots=MIXED_SHOTS)
-    return Task(name=name, kind="multiple_choice", chance=0.1, make_items=make, family=family,
+                               build=build, shots=MIXED_SHOTS, task=name)
+    return Task(name=name, kind="multiple_choice", make_items=make, family=family, pair="arith_mixed_gen",
                 description="(a op b) op c, single digits, 3-shot: first digit of the answer, argmax over the ten digits")
 
 

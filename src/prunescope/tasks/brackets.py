@@ -2,19 +2,23 @@
 pruned models' code into ``'(' was never closed``).
 
 * ``brackets_gen`` / ``brackets_mc`` — one bracket type, depth <= 3: ``( ( ) (`` -> ``) )``, exact match;
-  or pick it among four closings of the wrong length (same questions as ``brackets_gen``).
+  or pick it among the three possible closings `` )``, `` ) )``, `` ) ) )`` (a fixed set, like the
+  ten digits of the first-digit probe: chance is the share of the commonest closing, about a third,
+  since every closing length is drawn equally often).
 * ``brackets4_gen`` / ``brackets4_mc`` — the four types ``() [] {} <>``, depth <= 4: write the closing
-  sequence, or pick it among four (distractors: one bracket of the wrong type, the right brackets in the
-  wrong order, one bracket missing, one too many).
-* ``brackets_balanced_mc`` — is a sequence over the four types balanced? (`` yes`` / `` no``, chance 0.5).
+  sequence, or pick it among four of the same length (distractors: a bracket of the wrong type, two
+  of them, the right brackets in the wrong order).
+* ``brackets_balanced_mc`` — is a sequence over the four types balanced? (`` yes`` / `` no``).
 
-Brackets are separated by spaces so that every tokenizer sees one bracket per token.
+Each ``_mc`` task shows the same items (ids, shots, context) as its ``_gen`` partner; every choice ends
+with the newline that ends each shot, where generation stops too. Brackets are separated by spaces so
+that every tokenizer sees one bracket per token.
 """
 from __future__ import annotations
 
 import random
 
-from prunescope.tasks.sampling import mc_item, synthetic_items
+from prunescope.tasks.sampling import balanced_position, item_id, mc_item, synthetic_items
 from prunescope.tasks.spec import Item, Task, register_task
 
 PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
@@ -72,66 +76,76 @@ def _shot_line(seq) -> str:
     return f"{' '.join(seq)} = {' '.join(closing(seq))}\n"
 
 
-def _gen(name: str, types: str, depth: int, description: str) -> Task:
+def _draw(types: str, depth: int):
     def draw(rng):
-        return tuple(draw_open_prefix(rng, types=types, max_depth=depth))
+        return tuple(draw_open_prefix(rng, types=types, max_depth=depth, max_len=12))
+    return draw
+
+
+def _items(name: str, family: str, types: str, depth: int, n, seed, split, build_choices=None):
+    """Items of ``family``: the gen task's when ``build_choices`` is None, else multiple choice on the
+    same questions, shots and ids."""
+    def build(q, shots, rng, i):
+        right = closing(q)
+        target = " ".join(right)
+        prompt = "".join(_shot_line(s) for s in shots) + f"{' '.join(q)} ="
+        if build_choices is None:
+            return Item(id=item_id(family, split, seed, i), prompt=prompt, gold=target, target=" " + target)
+        return build_choices(right, prompt, rng, i)
+    # Stratified by closing length (1..depth, each equally often), so no length is the majority answer.
+    return synthetic_items(family=family, n=n, seed=seed, split=split, draw=_draw(types, depth),
+                           key=" ".join, build=build, shots=SHOTS, task=name,
+                           stratum=lambda q: len(closing(q)) - 1, strata=depth)
+
+
+def _gen(name: str, types: str, depth: int, description: str) -> Task:
+    family = name.replace("_gen", "")
 
     def make(n, seed, split):
-        def build(q, shots, rng, i):
-            target = " ".join(closing(q))
-            prompt = "".join(_shot_line(s) for s in shots) + f"{' '.join(q)} ="
-            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold=target, target=" " + target)
-        return synthetic_items(family=name.replace("_gen", ""), n=n, seed=seed, split=split, draw=draw,
-                               key=" ".join, build=build, shots=SHOTS)
-    return Task(name=name, kind="generate", description=description, chance=0.0, make_items=make, check=_check,
-                stop=["\n"], max_new_tokens=24, family=name.replace("_gen", ""))
+        return _items(name, family, types, depth, n, seed, split)
+    return Task(name=name, kind="generate", description=description, make_items=make, check=_check,
+                stop=["\n"], max_new_tokens=24, family=family, pair=family + "_mc")
 
 
 def _wrong_closings(right: list[str], rng: random.Random) -> list[str]:
-    """Three wrong closing sequences: one with a bracket of the wrong type, then structural mistakes
-    (right brackets in the wrong order, one missing, one too many), topped up with more wrong types."""
+    """Three wrong closing sequences of the gold's length: one bracket of the wrong type, two of them,
+    the right brackets in another order."""
     gold = " ".join(right)
-    typed, structural = [], []
+    cands: list[str] = []
+    if len(right) > 1:
+        order = list(right)
+        for _ in range(10):
+            rng.shuffle(order)
+            cands.append(" ".join(order))
     for _ in range(30):
-        i = rng.randrange(len(right))
-        other = rng.choice([c for c in PAIRS.values() if c != right[i]])
-        typed.append(" ".join(right[:i] + [other] + right[i + 1:]))
-    structural += [" ".join(reversed(right)), " ".join(right[:-1]), " ".join(right + [rng.choice(list(PAIRS.values()))])]
-    structural = [s for s in structural if s and s != gold]
-    rng.shuffle(structural)
+        wrong = list(right)
+        for i in rng.sample(range(len(right)), min(len(right), rng.choice((1, 1, 2)))):
+            wrong[i] = rng.choice([c for c in PAIRS.values() if c != right[i]])
+        cands.append(" ".join(wrong))
+    for other in PAIRS.values():  # top-up, so that even a single bracket has three wrong ones
+        cands.append(" ".join([other] + right[1:]))
     picked: list[str] = []
-    for text in typed[:1] + structural[:2] + typed[1:] + structural[2:]:
+    for text in cands[:1] + cands[10:] if len(right) > 1 else cands:
         if len(picked) < 3 and text != gold and text not in picked:
             picked.append(text)
     return picked
 
 
-def _wrong_lengths(right: list[str], rng: random.Random) -> list[str]:
-    """Three wrong closings for a single bracket type: too few or too many closing brackets."""
-    close = right[0]
-    options = [n for n in range(max(1, len(right) - 2), len(right) + 3) if n != len(right)]
-    rng.shuffle(options)
-    return [" ".join([close] * n) for n in options[:3]]
-
-
 def _closing_mc(name: str, family: str, types: str, depth: int, description: str) -> Task:
-    """Pick the closing sequence among four; the questions are the same as ``<family>_gen``'s, so
-    recognition and generation of one skill are measured on matched items."""
-    wrong = _wrong_closings if len(types) > 1 else _wrong_lengths
-
-    def draw(rng):
-        return tuple(draw_open_prefix(rng, types=types, max_depth=depth))
-
+    """Pick the closing sequence; the items are ``<family>_gen``'s, so recognition and generation of one
+    skill are measured on matched items."""
     def make(n, seed, split):
-        def build(q, shots, rng, i):
-            right = closing(q)
-            prompt = "".join(_shot_line(s) for s in shots) + f"{' '.join(q)} ="
-            return mc_item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold_text=" ".join(right),
-                           distractors=wrong(right, rng), rng=rng)
-        return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=" ".join, build=build,
-                               shots=SHOTS)
-    return Task(name=name, kind="multiple_choice", chance=0.25, make_items=make, family=family,
-                description=description)
+        def build_choices(right, prompt, rng, i):
+            if len(types) == 1:  # one type: every closing of 1..depth brackets, in order, a fixed set
+                choices = [" " + " ".join(right[:1] * m) + "\n" for m in range(1, depth + 1)]
+                return Item(id=item_id(family, split, seed, i), prompt=prompt, gold=len(right) - 1,
+                            target=choices[len(right) - 1], choices=choices)
+            return mc_item(id=item_id(family, split, seed, i), prompt=prompt, gold_text=" ".join(right),
+                           distractors=_wrong_closings(right, rng), rng=rng,
+                           position=balanced_position(family, seed, split, i, 4))
+        return _items(name, family, types, depth, n, seed, split, build_choices)
+    return Task(name=name, kind="multiple_choice", make_items=make, family=family, description=description,
+                pair=family + "_gen")
 
 
 def _unbalance(seq: list[str], rng: random.Random) -> list[str]:
@@ -164,12 +178,12 @@ def _brackets_balanced_mc() -> Task:
         def build(q, shots, rng, i):
             prompt = "".join(line(s) for s in shots) + f"{' '.join(q)} balanced:"
             gold = 0 if is_balanced(list(q)) else 1
-            choices = [" yes", " no"]
-            return Item(id=f"{name}-{split}-{seed}-{i}", prompt=prompt, gold=gold, target=choices[gold],
+            choices = [" yes\n", " no\n"]
+            return Item(id=item_id(family, split, seed, i), prompt=prompt, gold=gold, target=choices[gold],
                         choices=choices, meta={"balanced": gold == 0})
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=" ".join, build=build,
-                               shots=SHOTS)
-    return Task(name=name, kind="multiple_choice", chance=0.5, make_items=make, family=family,
+                               shots=SHOTS, task=name, stratum=lambda q: int(not is_balanced(list(q))), strata=2)
+    return Task(name=name, kind="multiple_choice", make_items=make, family=family,
                 description="four bracket types: is the sequence balanced? (yes/no)")
 
 

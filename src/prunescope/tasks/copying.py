@@ -2,7 +2,7 @@
 pruned model that cannot copy will not do arithmetic either."""
 from __future__ import annotations
 
-from prunescope.tasks.sampling import synthetic_items
+from prunescope.tasks.sampling import item_id, synthetic_items
 from prunescope.tasks.spec import Item, Task, register_task
 
 WORDS = """apple river stone cloud table window garden yellow silver music paper orange forest bridge candle
@@ -32,12 +32,12 @@ def _copy_task() -> Task:
         def build(q, shots, rng, i):
             lines = "".join(f"Copy: {' '.join(s)}\nOutput: {' '.join(s)}\n" for s in shots)
             text = " ".join(q)
-            return Item(id=f"copy_words_gen-{split}-{seed}-{i}", prompt=lines + f"Copy: {text}\nOutput:",
+            return Item(id=item_id(family, split, seed, i), prompt=lines + f"Copy: {text}\nOutput:",
                         gold=text, target=" " + text)
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=_draw, key=" ".join, build=build,
-                               shots=SHOTS)
+                               shots=SHOTS, task="copy_words_gen")
     return Task(name="copy_words_gen", kind="generate", description=f"copy {N_WORDS} words, {SHOTS}-shot",
-                chance=0.0, make_items=make, check=_check, stop=["\n"], max_new_tokens=24, family=family)
+                make_items=make, check=_check, stop=["\n"], max_new_tokens=24, family=family)
 
 
 register_task("copy_words_gen")(_copy_task)

@@ -4,8 +4,10 @@
 and scores the final number two ways, both reported: *strict* takes the number after ``#### `` (the
 GSM8K answer format the shots show), *flexible* takes the last number in the output. ``accuracy`` is
 the flexible score, the stricter one is ``strict_accuracy``. The gold is the reference answer's final
-number. ``gsm8k_mc`` asks for the same final answer as a four-way choice (distractors: off by one, off
-by ten, swapped digits, …) scored by log-likelihood.
+number. ``gsm8k_mc`` asks for the same final answer as a four-way choice (distractors with the answer's number
+of digits: off by one, off by ten, swapped digits, …; each choice ends with the ``.`` the shots show)
+scored by log-likelihood. The pair is *not matched*: generation writes a worked solution through the
+chat template, while the multiple choice reads the final answer after "The answer is".
 
 Data: a folder with ``train.jsonl`` and ``test.jsonl``, a single JSONL file, the hub dataset
 ``openai/gsm8k``, in that order of preference: the ``data=`` argument (``--data``), then the
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from prunescope.tasks.arithmetic import distractors
 from prunescope.tasks.data import load_hub, read_jsonl
-from prunescope.tasks.sampling import mc_item, partition_of
+from prunescope.tasks.sampling import balanced_position, mc_item, partition_of
 from prunescope.tasks.spec import Item, Task, register_task
 
 ENV_VAR = "PRUNESCOPE_GSM8K_DATA"
@@ -138,9 +140,10 @@ def gsm8k_task(data: str | Path | None = None) -> Task:
     def make(n, seed, split):
         rows, shots = _split_rows(n, seed, split, data)
         return [_gen_item(i, r, shots, split) for i, r in enumerate(rows)]
-    return Task(name="gsm8k", kind="generate", chance=0.0, make_items=make, use_chat_template=True,
+    return Task(name="gsm8k", kind="generate", make_items=make, use_chat_template=True,
                 stop=["Question:", "\n\n\n"], max_new_tokens=256, check=_check, extra_metrics=_extra,
-                family="gsm8k", description="grade-school math, 5-shot, generate; strict (#### N) and flexible (last number)")
+                family="gsm8k", pair="gsm8k_mc", matched=False,
+                description="grade-school math, 5-shot, generate; strict (#### N) and flexible (last number)")
 
 
 def gsm8k_mc_task(data: str | Path | None = None) -> Task:
@@ -160,9 +163,10 @@ def gsm8k_mc_task(data: str | Path | None = None) -> Task:
                 [str(float(gold) + d) for d in (1, -1, 10)]
             items.append(mc_item(id=f"gsm8k_mc-{split}-{i}", prompt=context + f"Question: {r['question']}\n"
                                  "Answer: The answer is", gold_text=gold, distractors=wrong, rng=rng,
+                                 fmt=lambda s: f" {s}.", position=balanced_position("gsm8k", seed, split, i, 4),
                                  meta={"question": r["question"]}))
         return items
-    return Task(name="gsm8k_mc", kind="multiple_choice", chance=0.25, make_items=make, family="gsm8k",
+    return Task(name="gsm8k_mc", kind="multiple_choice", make_items=make, family="gsm8k", pair="gsm8k", matched=False,
                 description="grade-school math, 5-shot: pick the final answer among 4")
 
 

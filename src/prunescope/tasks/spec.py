@@ -42,8 +42,10 @@ class Task:
     name: str
     kind: Kind
     description: str
-    chance: float
     make_items: Callable[[int, int, str], list[Item]]
+    # Optional *declared* chance (a user's task file may state one). The chance prunescope reports is
+    # always computed from the items (tasks/chance.py); a declared value below it is an error.
+    chance: float | None = None
     use_chat_template: bool = False
     stop: list[str] = field(default_factory=lambda: ["\n"])
     max_new_tokens: int = 16
@@ -57,10 +59,21 @@ class Task:
     # Optional: tasks evaluated by another harness (the lm-eval bridge) run themselves:
     # ``evaluate_fn(model, tokenizer, limit=, seed=, batch_size=)`` -> (metrics dict, sample rows).
     evaluate_fn: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]] | None = None
+    # The other kind of the same skill: a ``_gen`` task names its ``_mc`` partner and vice versa.
+    # ``matched`` says whether the two show the same items (ids) with the same rendered context;
+    # False where that is impossible (a chain-of-thought generation prompt such as gsm8k's).
+    pair: str | None = None
+    matched: bool = True
 
     def items(self, n: int | None = None, *, seed: int = 0, split: Split = "eval") -> list[Item]:
-        """``n`` items (all the task has when None) of ``split``, deterministic for ``seed``."""
-        return self.make_items(n, seed, split)
+        """``n`` items (all the task has when None) of ``split``, deterministic for ``seed``. Every item
+        is checked against the multiple-choice rules (tasks/rules.py): a violation is a UsageError
+        naming the task and the item."""
+        from prunescope.tasks.rules import validate_items
+
+        items = self.make_items(n, seed, split)
+        validate_items(self, items)
+        return items
 
     def render(self, item: Item, tokenizer=None, *, chat: bool | None = None) -> str:
         """The exact context string the model sees. The chat template is applied when ``chat`` is true,

@@ -22,7 +22,12 @@ Generate::
     max_new_tokens: 16
     chat_template: false          # wrap the prompt in the model's chat template
 
-Optional keys: ``description``, ``chance`` (default 1/len(choices) for multiple choice, 0 for generate).
+Optional keys: ``description``, ``chance`` (a *declared* chance: prunescope always computes chance from
+the items — the best of 1/k, the same position, the same answer — and ``prunescope tasks --check``
+fails a task file whose declared chance is outside the computed one's 95% interval).
+Each multiple-choice choice is scored as `` <choice>\n``: the shots show every answer followed by a
+newline, and the terminator keeps one choice from being a prefix of another (``Paris`` vs ``Paris, TX``).
+Check a task file with ``prunescope tasks --check my_task.yaml`` before trusting its numbers.
 Rows are split by a hash of their prompt: one in four goes to the ``calib`` split, the rest to ``eval``.
 """
 from __future__ import annotations
@@ -118,7 +123,7 @@ def load_user_task(path: str | Path) -> Task:
                 gold = g if isinstance(g, int) else (choices.index(g) if g in choices else None)
                 if gold is None or not 0 <= gold < len(choices):
                     raise UsageError(f"{where}: gold {g!r} is neither an index into nor one of the choices")
-                conts = [" " + str(c).strip() for c in choices]
+                conts = [" " + str(c).strip() + "\n" for c in choices]
                 items.append(Item(id=f"{name}-{i}", prompt=shot_text + prompt, gold=gold, target=conts[gold],
                                   choices=conts))
             else:
@@ -130,10 +135,10 @@ def load_user_task(path: str | Path) -> Task:
 
     matcher = _matcher(match)
     chance = spec.get("chance")
-    if chance is None and kind == "multiple_choice":
-        first = make(1, 0, "eval")
-        chance = 1 / len(first[0].choices) if first else 0.25
+    if chance is not None and not isinstance(chance, (int, float)):
+        raise UsageError(f"{path}: 'chance' must be a number, got {chance!r}")
+    make(1, 0, "eval")  # fail at load, not mid-run, on a template or row the file cannot satisfy
     return Task(name=name, kind=kind, description=spec.get("description", f"user task from {path.name}"),
-                chance=float(chance or 0.0), make_items=make, use_chat_template=bool(spec.get("chat_template", False)),
+                chance=None if chance is None else float(chance), make_items=make, use_chat_template=bool(spec.get("chat_template", False)),
                 stop=list(spec.get("stop", ["\n"])), max_new_tokens=int(spec.get("max_new_tokens", 32)),
                 check=lambda item, out: matcher(item.gold, out), family=f"user:{name}")

@@ -1,8 +1,8 @@
-"""Bounded reading of a sandboxed process's output until it exits or its time is up.
+"""Bounded reading of a sandboxed process's output and verdict until it exits or its time is up.
 
 A program may print gigabytes or hand its pipes to a child that never exits; this keeps the head
-and the tail of each stream (the tail holds the traceback and the completion token) and stops at
-the deadline whatever the program does.
+and the tail of each stream (the tail holds the traceback) and stops at the deadline, or when a
+budget is exceeded, whatever the program does.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Callable
 HEAD_BYTES = 16_384
 TAIL_BYTES = 8_192
 EXIT_GRACE = 0.05  # seconds the pipes may stay open after the program exited
+VERDICT_BYTES = 4096
 
 
 class Capture:
@@ -54,38 +55,51 @@ class Capture:
         return f"{head}\n[... {omitted} bytes omitted ...]\n{tail}", found
 
 
-def read_until_exit(proc: subprocess.Popen, *, token: bytes, deadline: float,
-                    on_exit: Callable[[], None]) -> tuple[Capture, Capture, bool]:
-    """Send ``token`` on stdin, then read stdout and stderr until both close or ``deadline``
-    (monotonic) passes. ``on_exit`` runs once when the main process has exited but the pipes stay
-    open, to kill whatever it left holding them. Returns the captures and whether the process was still running at the
-    deadline."""
+def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, deadline: float,
+                    on_exit: Callable[[], None], watch: Callable[[], str | None],
+                    watch_every: float = 0.1) -> tuple[Capture, Capture, bytes, str | None]:
+    """Send ``nonce`` on stdin, then read stdout, stderr and the verdict channel until all close or
+    ``deadline`` (monotonic) passes. ``on_exit`` runs once when the main process has exited but the
+    pipes stay open, to kill whatever it left holding them; ``watch`` runs every ``watch_every``
+    seconds and returns a reason to stop the program (a budget exceeded) or None. Returns the
+    captures, the first ``VERDICT_BYTES`` of the verdict channel, and why the program was stopped
+    (``"timeout"``, the reason ``watch`` gave, or None)."""
     try:
-        proc.stdin.write(token)  # a few bytes: fits the pipe buffer, never blocks
+        proc.stdin.write(nonce)  # a few bytes: fits the pipe buffer, never blocks
         proc.stdin.close()
     except (BrokenPipeError, OSError):
         pass
-    out, err = Capture(), Capture()
+    out, err, verdict = Capture(), Capture(), bytearray()
     captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     exited_handled = False
     exited_at = None
+    stopped = None
+    next_watch = time.monotonic() + watch_every
     with selectors.DefaultSelector() as selector:
-        for fd in captures:
+        for fd in (*captures, verdict_fd):
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
+                stopped = "timeout"
                 break
-            for key, _ in selector.select(min(remaining, 0.05)):
+            if now >= next_watch:
+                next_watch = now + watch_every
+                stopped = watch()
+                if stopped:
+                    break
+            for key, _ in selector.select(min(deadline - now, 0.05)):
                 try:
                     data = os.read(key.fd, 65536)
                 except BlockingIOError:
                     continue
-                if data:
-                    captures[key.fd].add(data)
-                else:
+                if not data:
                     selector.unregister(key.fd)
+                elif key.fd == verdict_fd:
+                    verdict += data[:max(0, VERDICT_BYTES - len(verdict))]
+                else:
+                    captures[key.fd].add(data)
             if exited_at is None and proc.poll() is not None:
                 exited_at = time.monotonic()
             if not exited_handled and exited_at is not None and time.monotonic() - exited_at > EXIT_GRACE:
@@ -93,8 +107,9 @@ def read_until_exit(proc: subprocess.Popen, *, token: bytes, deadline: float,
                 on_exit()
     proc.stdout.close()
     proc.stderr.close()
-    try:  # the pipes may close (or be closed by the program) before the process ends
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return out, err, True
-    return out, err, False
+    if stopped is None:
+        try:  # the pipes may close (or be closed by the program) before the process ends
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stopped = "timeout"
+    return out, err, bytes(verdict), stopped
