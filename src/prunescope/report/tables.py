@@ -1,6 +1,7 @@
 """results.csv and the aggregates the report is made of, all read from a run folder's files.
 
-A row of results.csv is one (cell, task): criterion, ratio, layers_removed, removed (0-based layers,
+A row of results.csv is one (cell, task): method (``none`` for the baseline, ``depth`` for the pruning grid, else
+the compression method of a ``methods:`` cell), criterion, ratio, layers_removed, removed (0-based layers,
 space-separated), recovery (``none`` or the method), task, kind, n, accuracy, ci_lo, ci_hi, chance,
 retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((accuracy - chance) /
 (baseline - chance)) with retention_adj_lo/hi, adj_note (why a task has no adjusted retention);
@@ -21,7 +22,7 @@ from typing import Any
 from prunescope import stats
 from prunescope.io import read_json, write_text
 
-COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
+COLUMNS = ["method", "criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
            "gap", "gap_lo", "gap_hi", "verdict", "gap_note"]
@@ -102,6 +103,7 @@ def collect_results(run_dir: str | Path) -> list[dict]:
     baseline = base["tasks"]
     seed = int(cfg.get("seed") or 0)
     rows = _rows_for(base, criterion="none", ratio=0.0, removed=[], recovery="none", baseline=baseline, tasks=tasks)
+    rows = [{**row, "method": "none"} for row in rows]
     cells = [p for p in (run_dir / "cells").glob("*/prunescope.json")] if (run_dir / "cells").is_dir() else []
     metas = [(read_json(p), p.parent) for p in cells]
     crit_order = {c: i for i, c in enumerate(cfg.get("criteria") or [])}
@@ -112,11 +114,15 @@ def collect_results(run_dir: str | Path) -> list[dict]:
             continue
         common = dict(criterion=meta["criterion"], ratio=float(meta["ratio"]), removed=meta["removed_layers"],
                       baseline=baseline, tasks=tasks, base_samples=base_samples, seed=seed)
-        rows += _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
+        cell_rows = _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
+        for row in cell_rows:  # the compression method (study/methods_axis.py); plain cells are depth pruning
+            row["method"] = meta.get("method", "depth")
+        rows += cell_rows
         found = sorted(p.name.removeprefix("recovery-") for p in cell.glob("recovery-*") if (p / "metrics.json").is_file())
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):
             rdir = cell / f"recovery-{method}"
-            rows += _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
+            rec_rows = _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
+            rows += [{**row, "method": meta.get("method", "depth")} for row in rec_rows]
     return rows
 
 

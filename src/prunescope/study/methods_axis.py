@@ -74,9 +74,12 @@ def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
                                                                      "kept_channels")}
     # results.csv keys rows by criterion and ratio; a method cell's criterion is its label (the method, with the
     # criterion that chose the layers where there is one), its ratio 0 when no layer budget applies (quant).
+    from prunescope.models import num_layers
+    total = runner.num_layers()
     write_json(cell / "prunescope.json", {**record, "base_model": cfg.model, "method": spec["method"],
                                           "criterion": method_label(spec), "ratio": spec["ratio"] or 0.0,
                                           "removed_layers": record.get("removed_layers") or [],
+                                          "num_layers_before": total, "num_layers_after": num_layers(result.model),
                                           "versions": library_versions()})
     if spec["method"] == "speculative":
         for name in ("metrics.json", "samples.jsonl"):
@@ -93,9 +96,11 @@ def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
         if spec["method"] == "speculative":
             s = measure_speculative(result.model, result.draft, runner.tokenizer, SPECULATIVE_PROMPTS,
                                     new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup)
-            eff = {**{k: base[k] for k in ("num_layers", "parameters", "memory") if k in base},
-                   "speculative": s, "speedup": {"decode": s["decode_speedup"], "prefill": 1.0,
-                                                 "parameters": 1.0}}
+            # Same weights and prefill as the base; the decode rate is the base's times the speedup that
+            # assisted generation measured against plain generate (same harness both ways).
+            eff = {**{k: v for k, v in base.items() if k != "measured_on"},
+                   "decode_tokens_per_s": base["decode_tokens_per_s"] * s["decode_speedup"], "speculative": s,
+                   "speedup": {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None, "parameters": 1.0}}
         else:
             eff = runner.stages.measure_efficiency(result.model, runner.tokenizer, prompt_tokens=e.prompt_tokens,
                                                    new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup,
