@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["depth", "replace", "merge", "width", "quant", "speculative"]
+METHODS = ["depth", "width", "quant", "merge", "speculative", "replace"]
 SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}}
 PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that reverses a string.\n",
            "The three primary colours are", "Once upon a time, in a small village by the sea,"]
@@ -52,6 +52,7 @@ def main() -> None:
         model.save_pretrained(Path(tmp) / "base")
         base_disk = disk_bytes(Path(tmp) / "base")
     rows = [("base", base, base_disk, "")]
+    print(f"base: {base['decode_tokens_per_s']:.1f} tokens/s decode, {base['prefill_ms']:.0f} ms prefill", flush=True)
     for name in args.methods.split(","):
         model, tok = load_model(args.model)
         start = time.perf_counter()
@@ -80,6 +81,8 @@ def main() -> None:
             v = result.record["valid_mse"]
             note += f", span {result.record['span']}, valid MSE {v['remove_span']:.3g} -> {v['trained']:.3g}"
         rows.append((name, eff, disk, note))
+        print(f"{name}: decode {eff['speedup']['decode']:.2f}x, weights "
+              f"{eff['memory']['weights_bytes'] / base['memory']['weights_bytes']:.2f}x base; {note}", flush=True)
 
     print(f"\n{args.model}, budget {args.ratio} of the layers; {base['threads']} threads; medians of {args.repeats}")
     print(f"{'method':<12}{'layers':>7}{'params':>8}{'weights':>9}{'disk':>7}{'peak':>7}{'prefill':>9}{'decode':>8}"

@@ -1,13 +1,13 @@
 """results.csv and the aggregates the report is made of, all read from a run folder's files.
 
-A row of results.csv is one (cell, task): method (``none`` for the baseline, ``depth`` for the pruning grid, else
-the compression method of a ``methods:`` cell), criterion, ratio, layers_removed, removed (0-based layers,
+A row of results.csv is one (cell, task): criterion, ratio, layers_removed, removed (0-based layers,
 space-separated), recovery (``none`` or the method), task, kind, n, accuracy, ci_lo, ci_hi, chance,
 retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((accuracy - chance) /
 (baseline - chance)) with retention_adj_lo/hi, adj_note (why a task has no adjusted retention);
 kind_retention_adj(_lo/_hi): mean adjusted retention of the row's kind in its cell; gap(_lo/_hi), verdict,
 gap_note: the cell's classification-minus-generation gap in mean adjusted retention (repeated on each
-row of the cell). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
+row of the cell); method: ``none`` for the baseline, ``depth`` for the pruning grid, else the compression
+method of a ``methods:`` cell (study/methods_axis.py). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
 the samples.jsonl files. The baseline is the row set with criterion ``none``, ratio 0.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 from prunescope import stats
 from prunescope.io import read_json, write_text
 
-COLUMNS = ["method", "criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
+COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
-           "gap", "gap_lo", "gap_hi", "verdict", "gap_note"]
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method"]
 FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
           "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
           "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi"]
