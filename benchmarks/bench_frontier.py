@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["depth", "replace", "merge", "width", "quant", "speculative"]
+METHODS = ["depth", "width", "quant", "merge", "speculative", "replace"]
 SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}}
 PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that reverses a string.\n",
            "The three primary colours are", "Once upon a time, in a small village by the sea,"]
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a shared machine)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -45,6 +46,8 @@ def main() -> None:
     from prunescope.study.efficiency import measure_efficiency
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kw = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats)
     model, tok = load_model(args.model)
     base = measure_efficiency(model, tok, **kw)
@@ -52,6 +55,7 @@ def main() -> None:
         model.save_pretrained(Path(tmp) / "base")
         base_disk = disk_bytes(Path(tmp) / "base")
     rows = [("base", base, base_disk, "")]
+    print(f"base: {base['decode_tokens_per_s']:.1f} tokens/s decode, {base['prefill_ms']:.0f} ms prefill", flush=True)
     for name in args.methods.split(","):
         model, tok = load_model(args.model)
         start = time.perf_counter()
@@ -80,6 +84,8 @@ def main() -> None:
             v = result.record["valid_mse"]
             note += f", span {result.record['span']}, valid MSE {v['remove_span']:.3g} -> {v['trained']:.3g}"
         rows.append((name, eff, disk, note))
+        print(f"{name}: decode {eff['speedup']['decode']:.2f}x, weights "
+              f"{eff['memory']['weights_bytes'] / base['memory']['weights_bytes']:.2f}x base; {note}", flush=True)
 
     print(f"\n{args.model}, budget {args.ratio} of the layers; {base['threads']} threads; medians of {args.repeats}")
     print(f"{'method':<12}{'layers':>7}{'params':>8}{'weights':>9}{'disk':>7}{'peak':>7}{'prefill':>9}{'decode':>8}"

@@ -144,6 +144,13 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
                      "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
                      "share of the removed blocks."))
 
+    if any(c["meta"].get("method") for c in art["cells"].values()):
+        from prunescope.report.frontier import frontier_points, plot_frontier
+        if plot_frontier(frontier_points(run_dir), fig_dir / "frontier_methods.png"):
+            figs.append(("figures/frontier_methods.png", "Compression methods at measured cost: chance-adjusted "
+                         "retention (95% bars) against decode speedup (left) and weight memory (right), relative to "
+                         "the base; one marker per method and setting, dashed: the Pareto front."))
+
     doc = Doc(f"prunescope study: {cfg.get('name', run_dir.name)}")
     _intro(doc, art, target)
     _unfinished(doc, art)

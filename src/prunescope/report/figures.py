@@ -218,7 +218,7 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
     kinds = [k for k in KINDS if any(key[3] == k for key in agg)]
     ideals = {}
     for (crit, ratio), eff in efficiency.items():
-        if "speedup" in eff:
+        if "speedup" in eff and eff["speedup"].get("ideal"):  # a speculative cell has no FLOP ideal
             ideals[eff["num_layers"]] = eff["speedup"]["ideal"]
     for ideal in sorted(set(round(v, 3) for v in ideals.values())):
         ax.axvline(ideal, color="0.6", lw=0.8, ls=":")

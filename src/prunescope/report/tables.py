@@ -6,7 +6,8 @@ retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((a
 (baseline - chance)) with retention_adj_lo/hi, adj_note (why a task has no adjusted retention);
 kind_retention_adj(_lo/_hi): mean adjusted retention of the row's kind in its cell; gap(_lo/_hi), verdict,
 gap_note: the cell's classification-minus-generation gap in mean adjusted retention (repeated on each
-row of the cell). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
+row of the cell); method: ``none`` for the baseline, ``depth`` for the pruning grid, else the compression
+method of a ``methods:`` cell (study/methods_axis.py). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
 the samples.jsonl files. The baseline is the row set with criterion ``none``, ratio 0.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prunescope.io import read_json, write_text
 COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
-           "gap", "gap_lo", "gap_hi", "verdict", "gap_note"]
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method"]
 FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
           "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
           "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi"]
@@ -102,6 +103,7 @@ def collect_results(run_dir: str | Path) -> list[dict]:
     baseline = base["tasks"]
     seed = int(cfg.get("seed") or 0)
     rows = _rows_for(base, criterion="none", ratio=0.0, removed=[], recovery="none", baseline=baseline, tasks=tasks)
+    rows = [{**row, "method": "none"} for row in rows]
     cells = [p for p in (run_dir / "cells").glob("*/prunescope.json")] if (run_dir / "cells").is_dir() else []
     metas = [(read_json(p), p.parent) for p in cells]
     crit_order = {c: i for i, c in enumerate(cfg.get("criteria") or [])}
@@ -112,11 +114,15 @@ def collect_results(run_dir: str | Path) -> list[dict]:
             continue
         common = dict(criterion=meta["criterion"], ratio=float(meta["ratio"]), removed=meta["removed_layers"],
                       baseline=baseline, tasks=tasks, base_samples=base_samples, seed=seed)
-        rows += _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
+        cell_rows = _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
+        for row in cell_rows:  # the compression method (study/methods_axis.py); plain cells are depth pruning
+            row["method"] = meta.get("method", "depth")
+        rows += cell_rows
         found = sorted(p.name.removeprefix("recovery-") for p in cell.glob("recovery-*") if (p / "metrics.json").is_file())
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):
             rdir = cell / f"recovery-{method}"
-            rows += _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
+            rec_rows = _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
+            rows += [{**row, "method": meta.get("method", "depth")} for row in rec_rows]
     return rows
 
 

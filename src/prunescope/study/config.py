@@ -70,6 +70,7 @@ class StudyConfig:
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
     scoring: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for score_layers
     save_checkpoints: bool = False
+    methods: list[Any] = field(default_factory=list)  # compression methods beside depth pruning (study/methods_axis.py)
     recovery: RecoveryPlan = field(default_factory=RecoveryPlan)
     efficiency: EfficiencySettings = field(default_factory=EfficiencySettings)
     ablation: AblationSettings = field(default_factory=AblationSettings)
@@ -94,6 +95,9 @@ class StudyConfig:
         _need(self.limit is None or self.limit >= 1, f"limit: {self.limit} must be at least 1 (or null for all items)")
         _need(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
               f"batch_size: {self.batch_size!r} must be 'auto' or a positive integer")
+        if self.methods:
+            from prunescope.study.methods_axis import method_specs
+            method_specs(self.methods, self.ratios)  # raises a UsageError naming the bad entry
         plan = self.recovery
         _no_duplicates(plan.methods, "recovery.methods")
         for c in plan.criteria or []:

@@ -152,6 +152,7 @@ class StudyRun:
                                    "after": {base_step.key: base_step.identity, dep.key: dep.identity}},
                                   [c / "efficiency.json" for c in cells], lambda cs=cells: self.run_efficiency(cs),
                                   extra_done=lambda cs=cells: all((c / "efficiency.json").is_file() for c in cs)))
+        steps += self._method_steps(common, evals, items, steps)
         if cfg.ablation.enabled:
             abl = {**common, "data": cfg.data, "ablation": {"limit": cfg.ablation.limit, "tasks": self.ablation_tasks()}}
             base_path = out / "ablation" / "base.json"
@@ -162,6 +163,24 @@ class StudyRun:
                 path = out / "ablation" / f"layer-{layer:03d}.json"
                 steps.append(Step(f"ablation/layer-{layer:03d}", f"ablation layer {layer}", {**abl, "layer": layer},
                                   [path], lambda i=layer, p=path: self.run_ablation_layer(i, p), work=ablation_items))
+        return steps
+
+    def _method_steps(self, common: dict, evals: dict, items: int, before: list[Step]) -> list[Step]:
+        """One step per compression-method cell (the ``methods:`` axis, see study/methods_axis.py)."""
+        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell
+        cfg, out = self.config, self.out
+        after = {s.key: s.identity for s in before if s.key in ("baseline", "efficiency/base")}
+        steps = []
+        for spec in method_specs(cfg.methods, cfg.ratios):
+            cell = out / "cells" / method_cell_name(spec)
+            marks = [cell / "efficiency.json"] if cfg.efficiency.enabled else []
+            evaluate = lambda model, d: call_evaluate(self.stages.evaluate, model, self.tokenizer, cfg.tasks,  # noqa: E731
+                                                      out_dir=d, **self.eval_kwargs(baseline=True))
+            steps.append(Step(f"cells/{cell.name}", f"compress and eval {method_cell_name(spec)}",
+                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": after},
+                              [*marks, cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
+                              lambda s=spec, d=cell, ev=evaluate: run_method_cell(self, s, d, evaluate_fn=ev),
+                              work=items))
         return steps
 
     # ---- stages ----

@@ -1,0 +1,90 @@
+"""The compression frontier: chance-adjusted retention against measured decode speedup and memory, one marker
+per method and setting (depth cells included), with 95% intervals and the Pareto front drawn.
+
+Read from a run folder only: retention from results.csv's aggregates, speed and memory from each cell's
+``efficiency.json`` (relative to ``baseline/efficiency.json``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunescope.io import read_json
+
+PANELS = [("decode_speedup", "decode speedup over base (x)", True), ("memory", "weight memory / base", False)]
+
+
+def frontier_points(run_dir: str | Path) -> list[dict]:
+    """One point per (cell, kind) without recovery: label, kind, retention with lo/hi, decode speedup, memory."""
+    from prunescope.report.tables import aggregate, collect_results
+
+    run_dir = Path(run_dir)
+    base_eff = run_dir / "baseline" / "efficiency.json"
+    if not base_eff.is_file():
+        return []
+    base_w = read_json(base_eff)["memory"]["weights_bytes"]
+    agg = aggregate(collect_results(run_dir))
+    points = []
+    for meta_path in sorted((run_dir / "cells").glob("*/prunescope.json")):
+        cell = meta_path.parent
+        if not (cell / "efficiency.json").is_file():
+            continue
+        meta, eff = read_json(meta_path), read_json(cell / "efficiency.json")
+        for (crit, ratio, recovery, kind), a in agg.items():
+            if crit != meta["criterion"] or ratio != float(meta["ratio"]) or recovery != "none":
+                continue
+            points.append({"label": f"{crit} r={ratio:g}" if ratio else crit, "method": meta.get("method", "depth"),
+                           "kind": kind, "retention": a["retention"], "lo": a["lo"], "hi": a["hi"],
+                           "decode_speedup": eff["speedup"]["decode"],
+                           "memory": eff["memory"]["weights_bytes"] / base_w})
+    return points
+
+
+def pareto(points: list[dict], x: str, larger_x_better: bool) -> list[dict]:
+    """Points no other point beats on both x and retention, sorted by x."""
+    sign = 1 if larger_x_better else -1
+    front = [p for p in points if not any(
+        sign * q[x] >= sign * p[x] and q["retention"] >= p["retention"]
+        and (sign * q[x] > sign * p[x] or q["retention"] > p["retention"]) for q in points)]
+    return sorted(front, key=lambda p: p[x])
+
+
+def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
+    """Two rows (classification, generation) by two panels (speedup, memory); base at (1, 1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prunescope.report.tables import KINDS, kind_label
+
+    kinds = [k for k in KINDS if any(p["kind"] == k for p in points)]
+    if not kinds:
+        return None
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(10, 3.6 * len(kinds)), squeeze=False)
+    methods = sorted({p["method"] for p in points})
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for r, kind in enumerate(kinds):
+        pts = [p for p in points if p["kind"] == kind] + [{"label": "base", "method": "base", "kind": kind,
+                                                           "retention": 1.0, "lo": 1.0, "hi": 1.0,
+                                                           "decode_speedup": 1.0, "memory": 1.0}]
+        for c, (x, xlabel, larger) in enumerate(PANELS):
+            ax = axes[r][c]
+            for p in pts:
+                color = "black" if p["method"] == "base" else colors[p["method"]]
+                lo = p["lo"] if p["lo"] == p["lo"] else p["retention"]
+                hi = p["hi"] if p["hi"] == p["hi"] else p["retention"]
+                ax.errorbar(p[x], p["retention"], yerr=[[p["retention"] - lo], [hi - p["retention"]]], fmt="o",
+                            color=color, capsize=3)
+                ax.annotate(p["label"], (p[x], p["retention"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            front = pareto(pts, x, larger)
+            ax.plot([p[x] for p in front], [p["retention"] for p in front], "--", color="grey", lw=1)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{kind_label(kind)} retention (chance-adj.)")
+            ax.axhline(1.0, color="grey", lw=0.5)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,66 @@
+"""The study's methods axis (config parsing) and the frontier's Pareto front, on hand-worked values."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunescope.errors import UsageError
+from prunescope.report.frontier import pareto
+from prunescope.study.methods_axis import method_cell_name, method_label, method_specs
+
+
+def test_pareto_front_by_hand():
+    pts = [{"n": "a", "x": 1.0, "retention": 1.0}, {"n": "b", "x": 1.3, "retention": 0.8},
+           {"n": "c", "x": 1.2, "retention": 0.5}, {"n": "d", "x": 1.3, "retention": 0.7},
+           {"n": "e", "x": 2.0, "retention": 0.1}]
+    assert [p["n"] for p in pareto(pts, "x", True)] == ["a", "b", "e"]  # c and d are beaten by b
+    assert [p["n"] for p in pareto(pts, "x", False)] == ["a"]  # smaller x better: a beats all
+
+
+def test_method_specs_expand_and_validate():
+    specs = method_specs(["merge", {"method": "quant"}, {"method": "width", "ratio": 0.3, "settings": {"heads": 0.5}}],
+                         [0.1, 0.2])
+    assert [(s["method"], s["ratio"]) for s in specs] == [("merge", 0.1), ("merge", 0.2), ("quant", None),
+                                                          ("width", 0.3)]
+    assert [method_cell_name(s) for s in specs][2:] == ["method-quant-int8", "method-width-r0.3"]
+    assert method_label(method_specs(["speculative"], [0.2])[0]) == "speculative:block_influence"
+    with pytest.raises(UsageError, match="did you mean 'merge'"):
+        method_specs(["merg"], [0.2])
+    with pytest.raises(UsageError, match="has no setting 'bits'"):
+        method_specs([{"method": "quant", "settings": {"bits": 4}}], [0.2])
+
+
+def test_study_with_methods_axis_writes_method_rows_and_the_frontier(tiny_model_dir, tmp_path):
+    import torch
+
+    from prunescope.report import build_report
+    from prunescope.report.tables import read_results_csv
+    from prunescope.study import run_study
+    from prunescope.study.config import StudyConfig, from_mapping
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = from_mapping(StudyConfig, dict(
+            name="tiny-methods", model=str(tiny_model_dir), dtype="float32", device="cpu",
+            tasks=["arith_add_1d_gen", "arith_add_1d_mc"], limit=3, criteria=["reverse"], ratios=[0.3],
+            scoring={"calib": ["The quick brown fox jumps over the lazy dog. " * 4] * 2},
+            efficiency={"prompt_tokens": 8, "new_tokens": 4, "repeats": 1, "warmup": 0},
+            ablation={"enabled": False}, recovery={"methods": []},
+            methods=["merge", {"method": "width"}, {"method": "quant"}, {"method": "speculative"}],
+            out=str(tmp_path / "run")))
+        run = run_study(cfg)
+        build_report(run)
+    finally:
+        torch.set_num_threads(threads)
+    rows = read_results_csv(run / "results.csv")
+    methods = {r["method"] for r in rows}
+    assert methods == {"none", "depth", "merge", "width", "quant", "speculative"}
+    spec = [r for r in rows if r["method"] == "speculative"]
+    base = {r["task"]: r["accuracy"] for r in rows if r["method"] == "none"}
+    assert all(r["accuracy"] == base[r["task"]] for r in spec)  # lossless: the baseline's numbers
+    for name in ("method-merge-r0.3", "method-width-r0.3", "method-quant-int8", "method-speculative-r0.3"):
+        eff = json.loads((run / "cells" / name / "efficiency.json").read_text())
+        assert eff["speedup"]["decode"] > 0
+    assert (run / "figures" / "frontier_methods.png").is_file()
