@@ -325,3 +325,26 @@ def test_estimate_scales_unmeasured_evaluations_by_their_items():
     todo = [Step("ablation/layer-000", "a", {}, [], lambda: None, work=10)]
     timings = {"baseline": {"seconds": 40.0, "work": 400}, "scores/y.json": {"seconds": 4.0}}
     assert estimate_seconds(todo, timings) == pytest.approx(1.0)  # 10 items at 0.1 s per item
+
+
+def test_study_init_writes_a_config_that_loads_the_same(tmp_path, capsys):
+    """`study --init` copies the packaged default with its comments; the copy loads to the same settings, and a
+    second --init to the same file is refused (exit 2) instead of overwriting the user's edits."""
+    import yaml
+
+    from prunescope.cli import main
+    from prunescope.study.config import CONFIG_DIR, load_study_config
+
+    dest = tmp_path / "my_study.yaml"
+    assert main(["study", "--init", str(dest)]) == 0
+    text = dest.read_text()
+    assert text == (CONFIG_DIR / "default.yaml").read_text() and text.count("#") > 20
+    mine, packaged = load_study_config(str(dest)), load_study_config("default")
+    assert (mine.tasks, mine.criteria, mine.ratios, mine.limit) == (packaged.tasks, packaged.criteria,
+                                                                   packaged.ratios, packaged.limit)
+    assert yaml.safe_load(text)["tasks"] == packaged.tasks
+    assert main(["study", "--init", str(dest)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["study", "--list-configs"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

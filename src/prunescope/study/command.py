@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prunescope.config import field
 
@@ -27,11 +28,50 @@ class Config:
     quiet: bool = field(False, help="print only errors and the final report path")
     force: bool = field(False, help="recompute finished steps whose settings changed (and the steps after them) "
                                     "instead of refusing")
+    init: str | None = field(None, help="write an annotated copy of the config (--config, default: the default "
+                                        "study) to this YAML file to edit, then exit without running")
+    list_configs: bool = field(False, help="list the packaged configs with what each is for, then exit")
+
+
+def packaged_configs() -> dict[str, str]:
+    """Packaged config name -> its first comment line (what the config is for)."""
+    from prunescope.study.config import CONFIG_DIR
+
+    out = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        out[path.stem] = first
+    return out
+
+
+def write_init(spec: str, dest: str) -> Path:
+    """Copy the study config ``spec`` (a packaged name or a file) to ``dest`` with its comments, after checking
+    that it loads; refuses to overwrite an existing file. Returns the written path."""
+    from prunescope.errors import UsageError
+    from prunescope.io import write_text
+    from prunescope.study.config import CONFIG_DIR, load_study_config
+
+    target = Path(dest)
+    if target.exists():
+        raise UsageError(f"--init: {target} already exists; pick another file name or delete it first")
+    source = CONFIG_DIR / f"{spec}.yaml" if (CONFIG_DIR / f"{spec}.yaml").is_file() else Path(spec)
+    load_study_config(str(source))  # the copy is what the study would run: validate before writing
+    write_text(target, source.read_text())
+    return target
 
 
 def run(config: Config) -> int:
     import logging
     import shutil
+
+    if config.list_configs:
+        for name, about in packaged_configs().items():
+            print(f"{name:10s} {about}")
+        return 0
+    if config.init:
+        path = write_init(config.config, config.init)
+        print(f"wrote {path}: edit it, then run `prunescope study --config {path}`")
+        return 0
 
     from prunescope.study.config import load_study_config
     from prunescope.study.runner import run_study
