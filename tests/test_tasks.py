@@ -129,7 +129,8 @@ def test_gsm8k_items_from_data_folder(gsm8k_dir):
     extra = task.extra_metrics(items[:2], ["#### 18", "the answer is 3"])
     assert extra["strict_accuracy"]["correct"] == 1
     mc = get_task("gsm8k_mc", data=gsm8k_dir).items(3)
-    assert all(len(set(i.choices)) == 4 and i.choices[i.gold] == " " + gsm8k.gold_number(r) for i, r in
+    # each choice ends with "." so that no number is a prefix of another (" 18." vs " 180.")
+    assert all(len(set(i.choices)) == 4 and i.choices[i.gold] == " " + gsm8k.gold_number(r) + "." for i, r in
                zip(mc, [json.loads(line)["answer"] for line in (gsm8k_dir / "test.jsonl").open()][:3]))
 
 
