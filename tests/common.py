@@ -34,7 +34,6 @@ ARCHS = list(ARCH_CONFIGS)
 def make_tiny_model(model_type: str = "llama", *, layers: int = 6, hidden: int = 32, seed: int = 0):
     """A random CausalLM of ``model_type`` with ``layers`` blocks, fp32, eval mode."""
     import transformers
-    from transformers import AutoModelForCausalLM
 
     cls_name, extra = ARCH_CONFIGS[model_type]
     cfg_cls = getattr(transformers, cls_name)
@@ -43,6 +42,13 @@ def make_tiny_model(model_type: str = "llama", *, layers: int = 6, hidden: int =
     else:
         config = cfg_cls(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, max_position_embeddings=128,
                          bos_token_id=1, eos_token_id=2, **{"pad_token_id": 0, **extra})
+    return model_from_config(config, seed=seed)
+
+
+def model_from_config(config, *, seed: int = 0):
+    """A random fp32 CausalLM for ``config`` in eval mode, with the weights the tiny models use."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Larger random weights make blocks matter, so that criteria and cuts are distinguishable.

@@ -3,7 +3,7 @@ including sliding-window attention whose window is shorter than the shared prefi
 import pytest
 import torch
 
-from common import make_tiny_model, make_tokenizer
+from common import make_tiny_model, make_tokenizer, model_from_config
 from prunescope.eval import engine, prefix
 from prunescope.eval.batching import BatchSizer
 
@@ -16,17 +16,10 @@ CHOICES = [" 4", " 17 ", " 80", " 42\n"]
 def tiny(arch):
     if arch != "qwen2_sliding":
         return make_tiny_model(arch, layers=2, hidden=32, seed=3)
-    from transformers import AutoModelForCausalLM
     config = make_tiny_model("qwen2", layers=2).config
     config.use_sliding_window, config.sliding_window = True, 4
     config.layer_types = ["sliding_attention", "full_attention"]
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return model_from_config(config, seed=3)
 
 
 ARCHS = ["llama", "qwen2_sliding", "gemma2", "gpt2"]
