@@ -52,11 +52,26 @@ class _Parser(argparse.ArgumentParser):
     pass
 
 
+# Library messages a user cannot act on: torchao's optional CUDA kernels and Triton absent on a CPU build,
+# and torch's deprecation notes for torchao's pytree registrations.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_libraries() -> None:
+    """Silence warnings from libraries that say nothing a prunescope user can act on."""
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``prunescope`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
     verb = next((a for a in argv if not a.startswith("-")), None)
     try:
         parser = build_parser([verb] if verb in VERBS else None)
