@@ -16,7 +16,7 @@ def test_parse_layer_list(text, layers):
     assert parse_layer_list(text) == layers
 
 
-@pytest.mark.parametrize("text", ["a", "1,b", "3-x", "", " , ", "1.5"])
+@pytest.mark.parametrize("text", ["a", "1,b", "3-x", "", " , ", "1.5", "-1", "5-3", "1,5-3", "3--5", "1-2-3"])
 def test_parse_layer_list_refuses_with_the_flag_named(text):
     with pytest.raises(UsageError, match="^--layers"):
         parse_layer_list(text)

@@ -39,14 +39,13 @@ def parse_layer_list(text: str, *, flag: str = "--layers") -> list[int]:
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise UsageError(f"{flag}: {part!r} is not a 0-based layer index (e.g. {flag} 3,5,7)") from None
+        bounds = part.split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise UsageError(f"{flag}: {part!r} is not a 0-based layer index or range (e.g. {flag} 3,5,7 or 3-5)")
+        first, last = int(bounds[0]), int(bounds[-1])
+        if last < first:
+            raise UsageError(f"{flag}: range {part!r} runs backwards; write it low-high, e.g. {last}-{first}")
+        out.extend(range(first, last + 1))
     if not out:
         raise UsageError(f"{flag} is empty; give 0-based layer indices such as 3,5,7")
     return out
