@@ -698,3 +698,13 @@ def test_paper_recipe_on_a_1b_class_model(tmp_path, monkeypatch):
     assert summary["data"]["decoding"] == {"mode": "sample", "temperature": 0.9, "top_p": 0.95}
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.bfloat16)
     assert merged.config.num_hidden_layers == 12
+
+
+def test_recovery_data_is_logged_as_one_readable_line():
+    from prunescope.recovery.api import describe_data
+
+    line = describe_data({"label": "general recovery", "prompt_source": "self-instruct", "prompts": 32, "examples": 30,
+                          "decoding": {"mode": "sample", "temperature": 0.9, "top_p": 0.95}, "truncated": 4,
+                          "truncated_policy": "keep", "overlap_with_eval": 0})
+    assert line == ("general recovery on self-instruct; 30 examples; mode sample, temperature 0.9, top_p 0.95; "
+                    "4 cut by the length limit (keep)")

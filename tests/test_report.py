@@ -74,6 +74,8 @@ def make_run(root, *, with_optional: bool = True, n: int = 50):
                 _write(cell / "efficiency.json", {**eff, "num_layers": L - k, "speedup": speed})
             if ratio == 0.25:
                 _write(cell / "recovery-lora/metrics.json", _metrics(0.99, 0.85, n=n, folder=cell / "recovery-lora"))
+                _write(cell / "recovery-lora/recover.json", {"data": {
+                    "label": "general recovery", "prompt_source": "self-instruct", "prompts": 32}})
     if with_optional:
         ablation = {"limit": 10, "num_layers": L, "layers": list(range(L)), "tasks": {
             t: {"kind": k, "base_accuracy": b, "accuracy": [b - 0.05 * (i % 3) for i in range(L)],
@@ -179,6 +181,11 @@ def test_report_from_artifacts_alone(built):
     md = (run / "report.md").read_text()
     html = (run / "report.html").read_text()
     assert (run / "results.csv").is_file()  # rebuilt from the metrics files when missing
+    # a recovery row says what it trained on (recover.json), in results.csv and in the table of every result
+    csv_rows = list(csv.DictReader((run / "results.csv").open()))
+    assert {r["recovery_data"] for r in csv_rows if r["recovery"] == "lora"} == {"general recovery: self-instruct"}
+    assert {r["recovery_data"] for r in csv_rows if r["recovery"] == "none"} == {""}
+    assert "| lora (general recovery: self-instruct) |" in md
     # findings in words, computed from the numbers. At 25% removed the MC task keeps (38-12.5)/(40-12.5) = 93%
     # (reverse) and (36-12.5)/(40-12.5) = 85% (block_influence) above chance; generation (21/30 + 32/45) / 2 = 71%
     assert ("Removing 25% of layers (2 of 8) keeps 85%-93% of classification accuracy above chance and 71% of "

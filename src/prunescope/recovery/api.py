@@ -99,6 +99,20 @@ def check_same_tokenizer(tokenizer, teacher_tokenizer) -> None:
                          f"teacher from the same family")
 
 
+def describe_data(stats: dict) -> str:
+    """One readable line for the recovery data record: label, prompt source and counts."""
+    parts = [f"{stats.get('label', 'recovery')} on {stats.get('prompt_source', '?')}",
+             f"{stats.get('examples', stats.get('prompts', '?'))} examples"]
+    decoding = stats.get("decoding")
+    if isinstance(decoding, dict):
+        parts.append(", ".join(f"{k} {v}" for k, v in decoding.items()))
+    if stats.get("truncated"):
+        parts.append(f"{stats['truncated']} cut by the length limit ({stats.get('truncated_policy', 'keep')})")
+    if stats.get("overlap_with_eval"):
+        parts.append(f"{stats['overlap_with_eval']} prompts dropped as evaluated questions")
+    return "; ".join(parts)
+
+
 def build_training_examples(prompts, tokenizer, config, *, out: Path, teacher_name=None, teacher=None,
                             teacher_tokenizer=None, stats: dict | None = None, rank: int = 0, world: int = 1,
                             barrier=None) -> tuple[list[dict], dict]:
@@ -196,7 +210,7 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
                                                    teacher=teacher, teacher_tokenizer=teacher_tokenizer,
                                                    stats=data_stats, rank=state.process_index,
                                                    world=state.num_processes, barrier=barrier)
-    log.info("recovery data: %s", data_stats)
+    log.info("recovery data: %s", describe_data(data_stats))
     offloaded = None
     if config.loss == "sft":
         # The teacher's work is done: a teacher this run loaded is freed, one the caller holds (a study's

@@ -248,7 +248,8 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
     doc.heading("Every result", 3)
     doc.table(["criterion", "ratio", "removed layers", "recovery", "task", "kind", "n", "accuracy", "95% CI",
                "chance", "retention [95%]", "adjusted [95%]"],
-              [[r["criterion"], f"{r['ratio']:g}", " ".join(map(str, r["removed"])) or "-", r["recovery"], r["task"],
+              [[r["criterion"], f"{r['ratio']:g}", " ".join(map(str, r["removed"])) or "-",
+                r["recovery"] + (f" ({r['recovery_data']})" if r.get("recovery_data") else ""), r["task"],
                 kind_label(r["kind"]), r["n"], _f(r["accuracy"]), f"{_f(r['ci_lo'])}-{_f(r['ci_hi'])}",
                 _f(r["chance"]), _band(r["retention"], r.get("retention_lo"), r.get("retention_hi")),
                 _band(r.get("retention_adj"), r.get("retention_adj_lo"), r.get("retention_adj_hi"))

@@ -25,7 +25,7 @@ from prunescope.io import read_json, write_text
 COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
-           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method"]
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method", "recovery_data"]
 FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
           "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
           "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi"]
@@ -93,6 +93,15 @@ def _rows_for(metrics: dict, *, criterion: str, ratio: float, removed: list[int]
     return rows
 
 
+def recovery_data_label(rdir: Path) -> str:
+    """What a recovery trained on, from its recover.json: e.g. "general recovery: self-instruct"."""
+    path = rdir / "recover.json"
+    data = (read_json(path).get("data") or {}) if path.is_file() else {}
+    if not data:
+        return ""
+    return f"{data.get('label', 'recovery')}: {data.get('prompt_source', '?')}"
+
+
 def collect_results(run_dir: str | Path) -> list[dict]:
     """Every (cell, task) row, read from baseline/ and cells/*/ metrics and samples files, in config order."""
     run_dir = Path(run_dir)
@@ -122,7 +131,8 @@ def collect_results(run_dir: str | Path) -> list[dict]:
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):
             rdir = cell / f"recovery-{method}"
             rec_rows = _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
-            rows += [{**row, "method": meta.get("method", "depth")} for row in rec_rows]
+            data = recovery_data_label(rdir)
+            rows += [{**row, "method": meta.get("method", "depth"), "recovery_data": data} for row in rec_rows]
     return rows
 
 
