@@ -348,3 +348,40 @@ def test_study_init_writes_a_config_that_loads_the_same(tmp_path, capsys):
     assert main(["study", "--list-configs"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listing] == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_sigkilled_study_resumes_to_identical_results(tiny_model_dir, tmp_path, finished_run):
+    """A real SIGKILL (no handler runs, files may be half-written) in the middle of the grid: the rerun
+    finishes the study and writes the same results.csv as the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    reference, _, _ = finished_run
+    out = tmp_path / "run"
+    settings = dict(
+        name="tiny", model=str(tiny_model_dir), dtype="float32", device="cpu",
+        tasks=["arith_add_1d_gen", "arith_add_1d_mc"], limit=2, criteria=["reverse", "block_influence", "angular"],
+        ratios=[0.2, 0.5], scoring={"calib": ["The quick brown fox jumps over the lazy dog. " * 4] * 2},
+        efficiency={"prompt_tokens": 8, "new_tokens": 4, "repeats": 2, "warmup": 1},
+        ablation={"enabled": False}, recovery={"methods": []})
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(settings))
+    cmd = [sys.executable, "-m", "prunescope", "study", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    first_cell = out / "cells" / "reverse-r0.2" / "metrics.json"
+    deadline = time.monotonic() + 240
+    while not first_cell.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first_cell.exists() and proc.poll() is None, "the study ended before it could be killed mid-grid"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "results.csv").exists()  # killed before the end
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = [line for line in (reference / "results.csv").read_text().splitlines() if ",lora," not in line]
+    assert (out / "results.csv").read_text().splitlines() == expected
