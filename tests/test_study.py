@@ -138,10 +138,18 @@ def test_different_identity_is_refused(finished_run, tiny_model_dir):
 def test_packaged_configs_load():
     default = load_study_config("default")
     assert default.model == "smollm2-135m" and default.ratios and default.recovery.methods
-    # sized for its claims: every base accuracy gets a 95% half-width of at most 0.07, even at p = 0.5
+    # sized for its claims: the limit gives a 95% half-width of at most 0.07 even at p = 0.5; a task whose pool of
+    # distinct questions is smaller is capped there, and the config says so for each such task
     from prunescope.eval.metrics import wilson_interval
+    from prunescope.tasks import get_task
     lo, hi = wilson_interval(default.limit // 2, default.limit)
     assert (hi - lo) / 2 <= 0.07
+    text = (CONFIG_DIR / "default.yaml").read_text()
+    for name in default.tasks:
+        pool = len(get_task(name).items(None))
+        if pool < default.limit:
+            line = next(line for line in text.splitlines() if line.strip().startswith(f"- {name} "))
+            assert f"{pool} questions" in line, (name, pool)
     kinds = {"mc" if t.endswith("_mc") or "first_digit" in t else "gen" for t in default.tasks}
     assert kinds == {"mc", "gen"}
     paper = load_study_config("paper")
