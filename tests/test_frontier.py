@@ -60,7 +60,20 @@ def test_study_with_methods_axis_writes_method_rows_and_the_frontier(tiny_model_
     spec = [r for r in rows if r["method"] == "speculative"]
     base = {r["task"]: r["accuracy"] for r in rows if r["method"] == "none"}
     assert all(r["accuracy"] == base[r["task"]] for r in spec)  # lossless: the baseline's numbers
+    # a merge cell reuses the baseline's numbers only when LaCo accepted no merge (the weights are unchanged)
+    merge_meta = json.loads((run / "cells" / "method-merge-r0.3" / "prunescope.json").read_text())
+    merge_metrics = json.loads((run / "cells" / "method-merge-r0.3" / "metrics.json").read_text())
+    assert ("copied_from" in merge_metrics) == (not merge_meta["merges"])
+    assert "copied_from" not in json.loads((run / "cells" / "method-width-r0.3" / "metrics.json").read_text())
     for name in ("method-merge-r0.3", "method-width-r0.3", "method-quant-int8", "method-speculative-r0.3"):
         eff = json.loads((run / "cells" / name / "efficiency.json").read_text())
         assert eff["speedup"]["decode"] > 0
     assert (run / "figures" / "frontier_methods.png").is_file()
+
+
+def test_only_unchanged_models_reuse_the_baseline():
+    from prunescope.study.methods_axis import same_outputs_as_base
+
+    assert same_outputs_as_base("speculative", {}) and same_outputs_as_base("merge", {"merges": []})
+    assert same_outputs_as_base("merge", {"merges": [{"into": 3, "merged": [4]}]}) is None
+    assert same_outputs_as_base("width", {}) is None and same_outputs_as_base("quant", {"merges": []}) is None

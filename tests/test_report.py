@@ -273,3 +273,29 @@ def test_summary_table(built):
         assert sum(line.count("]*") for line in lines if f" r={ratio}" in line) == 2
     assert row.rstrip().endswith(f"{8 / 6 * 0.9:.2f}x")
     assert any(line.startswith("block_influence r=0.25 +lora") for line in lines)
+
+
+def test_methods_are_compared_with_depth_only_when_intervals_separate():
+    from prunescope.report.methods_section import compare_with_depth, methods_section
+
+    def pt(label, method, kind, r, lo, hi, speed=1.2, mem=0.8):
+        return {"label": label, "method": method, "kind": kind, "retention": r, "lo": lo, "hi": hi,
+                "decode_speedup": speed, "memory": mem}
+
+    depth = [pt("reverse r=0.2", "depth", "generate", 0.10, 0.00, 0.20),
+             pt("block_influence r=0.2", "depth", "generate", 0.15, 0.05, 0.30)]
+    assert compare_with_depth(pt("w", "width", "generate", 0.45, 0.31, 0.55), depth) == "more"
+    assert compare_with_depth(pt("w", "width", "generate", 0.45, 0.29, 0.55), depth) == "not distinguishable"
+    assert compare_with_depth(pt("w", "width", "generate", -0.3, -0.4, -0.01), depth) == "less"
+    points = depth + [pt("merge r=0.2", "merge", "generate", 1.0, 1.0, 1.0, speed=0.99, mem=1.0),
+                      pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55, speed=1.1, mem=0.84)]
+    metas = {"merge r=0.2": {"method": "merge", "merges": [], "settings": {"threshold": 0.45}}}
+    findings, table = methods_section(points, metas)
+    assert [row[0] for row in table] == ["merge r=0.2", "width r=0.2"]  # depth rows stay in the headline
+    assert "the model is unchanged" in table[0][-1] and table[1][3:5] == ["1.10x", "0.84x"]
+    assert "generative 45% [31%, 55%] (more than every depth criterion)" in findings[1]
+    # the fastest options: width keeps the most generation among them, none keeps all of it; merge is slower
+    assert any(f.startswith("Of the options that decode faster than the base, width r=0.2 keeps the most generative")
+               and "none of them keeps all of it" in f for f in findings)
+    assert findings[-1] == "Slower than the base here: merge r=0.2 (decode speed measured on this machine)."
+    assert methods_section(depth, {}) == ([], [])

@@ -9,6 +9,7 @@ from prunescope.io import read_json, write_text
 from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
+from prunescope.report.methods_section import TABLE_HEADERS, methods_section
 from prunescope.report.tables import (KINDS, aggregate, baseline_rows, kind_label, ordered, read_results_csv,
                                       spearman, study_info, write_results_csv)
 
@@ -47,7 +48,9 @@ def load_artifacts(run_dir: Path) -> dict:
             scores[crit] = (k, data)
     ablation_path = run_dir / "ablation" / "ablation.json"
     base_eff = run_dir / "baseline" / "efficiency.json"
-    criteria = ordered([r["criterion"] for r in rows if r["criterion"] != "none"], cfg.get("criteria"))
+    # the depth-pruning grid; other compression methods (rows with another method) have a section of their own
+    depth = [r for r in rows if r.get("method", "depth") in ("depth", "none")]
+    criteria = ordered([r["criterion"] for r in depth if r["criterion"] != "none"], cfg.get("criteria"))
     return {
         "unfinished": unfinished_cells(run_dir, cfg),
         "info": info, "config": cfg, "rows": rows, "cells": cells, "num_layers": num_layers or 1,
@@ -55,7 +58,7 @@ def load_artifacts(run_dir: Path) -> dict:
         "ablation": read_json(ablation_path) if ablation_path.is_file() else None,
         "base_efficiency": read_json(base_eff) if base_eff.is_file() else None,
         "criteria": criteria,
-        "ratios": sorted({r["ratio"] for r in rows if r["criterion"] != "none"}),
+        "ratios": sorted({r["ratio"] for r in depth if r["criterion"] != "none"}),
         "methods": ordered([r["recovery"] for r in rows if r["recovery"] != "none"],
                            (cfg.get("recovery") or {}).get("methods")),
         "tasks": ordered([r["task"] for r in rows], cfg.get("tasks")),
@@ -159,6 +162,10 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     doc.heading("Findings")
     doc.bullets(findings(rows, criteria=criteria, ratios=art["ratios"], methods=methods, num_layers=L, target=target,
                          efficiency=efficiency, agreement=agree, ablation=art["ablation"]))
+    method_findings, art["method_table"] = _methods(run_dir, art)
+    if method_findings:
+        doc.heading("Other compression at the same budget", 3)
+        doc.bullets(method_findings)
     doc.heading("Figures")
     for path, caption in figs:
         doc.figure(path, caption)
@@ -174,14 +181,18 @@ def _intro(doc: Doc, art: dict, target: float) -> None:
     cfg = art["config"]
     base = baseline_rows(art["rows"])
     kinds = {k: [t for t in art["tasks"] if t in base and base[t]["kind"] == k] for k in KINDS}
-    task_text = "; ".join(f"{kind_label(k)}: {', '.join(ts)}" for k, ts in kinds.items() if ts)
+    # the items each task really had (a pool smaller than the limit caps n)
+    task_text = "; ".join(f"{kind_label(k)}: {', '.join(_with_n(ts, base))}"
+                          for k, ts in kinds.items() if ts)
     grid = (f"{len(art['criteria'])} criteria ({', '.join(art['criteria'])}) x {len(art['ratios'])} ratios "
             f"({', '.join(f'{r:g}' for r in art['ratios'])})")
     if art["methods"]:
         grid += f", recovery: {', '.join(art['methods'])}"
-    doc.para(f"Model **{cfg.get('model', '?')}** ({art['num_layers']} layers). Tasks ({task_text}), "
-             f"{cfg.get('limit') or 'all'} items each. Grid: {grid}. Retention target: {target:.0%} of the "
-             f"accuracy above chance.")
+    others = sorted({r["criterion"] for r in art["rows"] if r.get("method", "depth") not in ("depth", "none")})
+    if others:
+        grid += f"; other compression: {', '.join(others)}"
+    doc.para(f"Model **{cfg.get('model', '?')}** ({art['num_layers']} layers). Tasks ({task_text}). "
+             f"Grid: {grid}. Retention target: {target:.0%} of the accuracy above chance.")
 
 
 HOW_TO_READ = (
@@ -245,6 +256,12 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
               caption="Mean chance-adjusted retention over the tasks of each kind that have one, with its paired "
                       "bootstrap 95% interval; raw = mean accuracy / base accuracy. Gap: classification minus "
                       "generation; the reading follows its interval.")
+    if art.get("method_table"):
+        doc.heading("Compression methods", 3)
+        doc.table(TABLE_HEADERS, art["method_table"],
+                  caption="Chance-adjusted retention per kind with its paired bootstrap 95% interval; decode speedup and "
+                          "weight memory measured against the base. 'More/less than depth pruning' is said only when "
+                          "the intervals do not overlap.")
     doc.heading("Every result", 3)
     doc.table(["criterion", "ratio", "removed layers", "recovery", "task", "kind", "n", "accuracy", "95% CI",
                "chance", "retention [95%]", "adjusted [95%]"],
@@ -338,3 +355,17 @@ def _provenance(doc: Doc, art: dict) -> None:
     if art["config"]:
         doc.para("The study's configuration:")
         doc.code(yaml.safe_dump(art["config"], sort_keys=False))
+
+
+def _methods(run_dir: Path, art: dict) -> tuple[list[str], list[list[str]]]:
+    """Findings and table rows for the study's compression-method cells (empty without any)."""
+    from prunescope.report.frontier import frontier_points
+
+    if all(r.get("method", "depth") in ("depth", "none") for r in art["rows"]):
+        return [], []
+    metas = {(f"{c} r={r:g}" if r else c): cell["meta"] for (c, r), cell in art["cells"].items()}
+    return methods_section(frontier_points(run_dir), metas)
+
+
+def _with_n(tasks: list[str], base: dict) -> list[str]:
+    return [f"{t} (n={base[t]['n']})" for t in tasks]

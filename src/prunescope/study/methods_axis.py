@@ -60,6 +60,16 @@ def method_cell_name(spec: dict) -> str:
     return f"method-{spec['method']}{tag}" + (f"-r{r:g}" if r is not None else "")
 
 
+def same_outputs_as_base(method: str, record: dict) -> str | None:
+    """Why a compressed model answers exactly as the base does (None when it may not): a speculative draft is
+    verified token by token by the full model; a LaCo merge that accepted no merge left the weights as they were."""
+    if method == "speculative":
+        return "speculative decoding is lossless: output equals the full model's"
+    if method == "merge" and not record.get("merges"):
+        return "no merge passed the similarity threshold: the weights are unchanged"
+    return None
+
+
 def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
     """Compress a copy of the study's model, evaluate it and measure its efficiency into ``cell``."""
     from prunescope.methods import compress
@@ -81,12 +91,13 @@ def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
                                           "removed_layers": record.get("removed_layers") or [],
                                           "num_layers_before": total, "num_layers_after": num_layers(result.model),
                                           "versions": library_versions()})
-    if spec["method"] == "speculative":
+    same_outputs = same_outputs_as_base(spec["method"], result.record)
+    if same_outputs:  # evaluating again would only repeat the baseline's numbers
         for name in ("metrics.json", "samples.jsonl"):
             if (runner.out / "baseline" / name).is_file():
                 shutil.copyfile(runner.out / "baseline" / name, cell / name)
         metrics = read_json(cell / "metrics.json")
-        metrics["copied_from"] = "baseline (speculative decoding is lossless: output equals the full model's)"
+        metrics["copied_from"] = f"baseline ({same_outputs})"
         write_json(cell / "metrics.json", metrics)
     else:
         evaluate_fn(result.model, cell)
