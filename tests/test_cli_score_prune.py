@@ -109,7 +109,7 @@ def _bad_scores(tmp_path):
 
 
 BAD = {
-    "negative index": (["--layers", "-1"], "out of range"),
+    "negative index": (["--layers", "-1"], "not a 0-based layer index"),
     "index out of range": (["--layers", "2,6"], "out of range"),
     "duplicate": (["--layers", "2,2"], "more than once"),
     "every layer": (["--layers", "0-5"], "no model"),
