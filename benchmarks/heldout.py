@@ -46,31 +46,23 @@ def _distinct(answer: str, pool: list[str], rng: random.Random, k: int = 3) -> l
     raise ValueError(f"not enough distinct distractors for {answer!r}")
 
 
+# (question template, key -> answer) for the lookup kinds; the answer pool is the mapping's values
+LOOKUPS = [("What is the capital of {}?", CAPITALS), ("What is the opposite of '{}'?", OPPOSITES),
+           ("What is the plural of '{}'?", PLURALS), ("What colour is {}?", COLOURS),
+           ("What does a {} do?", SOUNDS), ("How many {} are there?", UNITS)]
+
+
 def _question(rng: random.Random) -> tuple[str, str, list[str]]:
-    kind = rng.randrange(8)
-    if kind == 0:
-        country = rng.choice(list(CAPITALS))
-        return f"What is the capital of {country}?", CAPITALS[country], list(CAPITALS.values())
-    if kind == 1:
-        word = rng.choice(list(OPPOSITES))
-        return f"What is the opposite of '{word}'?", OPPOSITES[word], list(OPPOSITES.values())
-    if kind == 2:
+    kind = rng.randrange(len(LOOKUPS) + 2)
+    if kind == len(LOOKUPS):
         i = rng.randrange(7)
         return f"Which day comes after {DAYS[i]}?", DAYS[(i + 1) % 7], DAYS
-    if kind == 3:
+    if kind == len(LOOKUPS) + 1:
         i = rng.randrange(12)
         return f"Which month comes before {MONTHS[i]}?", MONTHS[i - 1], MONTHS
-    if kind == 4:
-        word = rng.choice(list(PLURALS))
-        return f"What is the plural of '{word}'?", PLURALS[word], list(PLURALS.values())
-    if kind == 5:
-        thing = rng.choice(list(COLOURS))
-        return f"What colour is {thing}?", COLOURS[thing], list(COLOURS.values())
-    if kind == 6:
-        animal = rng.choice(list(SOUNDS))
-        return f"What does a {animal} do?", SOUNDS[animal], list(SOUNDS.values())
-    what = rng.choice(list(UNITS))
-    return f"How many {what} are there?", UNITS[what], list(UNITS.values())
+    template, table = LOOKUPS[kind]
+    key = rng.choice(list(table))
+    return template.format(key), table[key], list(table.values())
 
 
 PROMPT = "Question: {question}\nAnswer:"
