@@ -35,3 +35,15 @@ def gsm8k_dir():
         pytest.skip(f"needs a GSM8K copy (gsm8k/test.jsonl) and none is at {path}: set PRUNESCOPE_SHARED_DATA "
                     "to the folder holding gsm8k/ (default: ../shared/data beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run hundreds of small matmuls; on a busy machine two threads wait on each other. Modules of
+    such tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

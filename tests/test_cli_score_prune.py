@@ -8,14 +8,7 @@ import pytest
 from prunescope.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run hundreds of small matmuls; on a busy machine two threads wait on each other."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_lines(err: str) -> list[str]:

@@ -17,14 +17,7 @@ from prunescope.models import num_layers
 from prunescope.pruning import skip_layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run hundreds of small matmuls; on a busy machine two threads wait on each other."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = 6
 TOKENS = 300  # calibration tokens: enough to rank layers, small enough to keep the file fast

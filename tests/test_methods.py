@@ -29,13 +29,7 @@ def _reload(result, tok, tmp_path):
     return AutoModelForCausalLM.from_pretrained(out).eval(), out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared, loaded machine: one thread avoids OpenMP contention (speeds these tests 10x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 IDS = torch.tensor([[5, 70, 80, 90, 100, 33, 44, 120, 7, 9]])

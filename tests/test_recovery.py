@@ -19,13 +19,7 @@ from prunescope.tasks.spec import TASKS, Item, Task
 TASK = "recovery_test_add"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the arithmetic, badly so on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _items(n, seed, split):
