@@ -10,8 +10,8 @@ from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
 from prunescope.report.methods_section import TABLE_HEADERS, methods_section
-from prunescope.report.tables import (KINDS, aggregate, baseline_rows, kind_label, ordered, read_results_csv,
-                                      spearman, study_info, write_results_csv)
+from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_pct, kind_label, ordered,
+                                      read_results_csv, spearman, study_info, write_results_csv)
 
 
 def _f(x, digits: int = 3) -> str:
@@ -19,7 +19,7 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _p(x) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+    return fmt_pct(x, missing="")
 
 
 def load_artifacts(run_dir: Path) -> dict:

@@ -8,17 +8,13 @@ below) the intervals of every depth-pruning criterion at that budget; otherwise 
 """
 from __future__ import annotations
 
-from prunescope.report.tables import KIND_LABEL
+from prunescope.report.tables import KIND_LABEL, fmt_pct
 
 DEPTH = ("depth", "none")
 
 
-def _pct(x: float) -> str:
-    return "-" if x != x else f"{x:.0%}"
-
-
 def _band(p: dict) -> str:
-    return f"{_pct(p['retention'])} [{_pct(p['lo'])}, {_pct(p['hi'])}]"
+    return f"{fmt_pct(p['retention'])} [{fmt_pct(p['lo'])}, {fmt_pct(p['hi'])}]"
 
 
 def compare_with_depth(point: dict, depth: list[dict]) -> str:

@@ -6,11 +6,7 @@ import math
 from pathlib import Path
 
 from prunescope.io import read_json
-from prunescope.report.tables import KINDS, aggregate, kind_label, read_results_csv
-
-
-def _pct(x: float) -> str:
-    return "-" if x is None or x != x else f"{x:.0%}"
+from prunescope.report.tables import KINDS, aggregate, fmt_pct, kind_label, read_results_csv
 
 
 def summary_table(run_dir: str | Path) -> str:
@@ -36,7 +32,7 @@ def summary_table(run_dir: str | Path) -> str:
         for kind in kinds:
             a = agg.get((c, r, rec, kind))
             mark = "*" if best.get((kind, r)) == (c, r, rec) else " "
-            vals.append("-" if a is None else f"{_pct(a['retention'])} [{_pct(a['lo'])}, {_pct(a['hi'])}]{mark}")
+            vals.append("-" if a is None else f"{fmt_pct(a['retention'])} [{fmt_pct(a['lo'])}, {fmt_pct(a['hi'])}]{mark}")
         first = next(agg[(c, r, rec, k)] for k in kinds if (c, r, rec, k) in agg)
         eff_path = run_dir / "cells" / f"{c}-r{r:g}" / "efficiency.json"
         speed = read_json(eff_path).get("speedup", {}).get("decode") if eff_path.is_file() and rec == "none" else None

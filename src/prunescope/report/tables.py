@@ -93,6 +93,11 @@ def _rows_for(metrics: dict, *, criterion: str, ratio: float, removed: list[int]
     return rows
 
 
+def fmt_pct(x, missing: str = "-") -> str:
+    """``x`` as a whole percentage; ``missing`` for None or NaN (no estimate)."""
+    return missing if x is None or x != x else f"{x:.0%}"
+
+
 def recovery_data_label(rdir: Path) -> str:
     """What a recovery trained on, from its recover.json: e.g. "general recovery: self-instruct"."""
     path = rdir / "recover.json"
