@@ -25,7 +25,7 @@ of a context moves to its continuation; continuation tokens are the tail of the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -248,7 +248,7 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, stop: Sequence[str],
-                    eos: set[int], use_cache: bool) -> list[str]:
+                    eos: set[int], use_cache: bool, settled: Callable[[int, str], bool] | None = None) -> list[str]:
     device = model_device(model)
     pad = pad_id(tokenizer)
     ids, mask = left_pad(prompts, pad, device)
@@ -268,7 +268,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
             generated[i].append(tok)
             text = tokenizer.decode(generated[i], skip_special_tokens=True)
             texts[i], stopped = truncate_at_stop(text, stop)
-            if not stopped:
+            if not stopped and not (settled is not None and settled(i, texts[i])):
                 keep.append(r)
         if not keep or step == max_new_tokens - 1:
             break
@@ -293,9 +293,12 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None,
              batch_size: int | str = "auto", use_cache: bool = True, progress: bool = False,
-             desc: str = "generate", share_prefix: bool = True) -> list[str]:
+             desc: str = "generate", share_prefix: bool = True,
+             settled: Callable[[int, str], bool] | None = None) -> list[str]:
     """Greedy continuations of ``prompts`` (batched, KV cache), each cut at the first stop string (the
-    stop string itself is not kept) or at end-of-sequence; special tokens are dropped.
+    stop string itself is not kept) or at end-of-sequence; special tokens are dropped. ``settled(i, text)``,
+    when given, ends prompt ``i``'s continuation as soon as it returns True for the text so far (the
+    caller knows that no more text can change what it will conclude).
 
     Prompts are sorted by length and batched (``"auto"``: see ``prunescope.eval.batching``). With
     ``share_prefix`` (and ``use_cache``) the token prefix the prompts share runs once and batches
@@ -316,29 +319,33 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     for cluster in clusters:
         try:
             _generate_cluster(model, tokenizer, encoded, cluster, outputs, sizer, bar, plain=not share,
-                              max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
+                              max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache,
+                              settled=settled)
         except shared.Unshareable:
             _generate_cluster(model, tokenizer, encoded, shared.Cluster([], cluster.members), outputs, sizer, bar,
-                              plain=True, max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
+                              plain=True, max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache,
+                              settled=settled)
     bar.close()
     return outputs
 
 
 def _generate_cluster(model, tokenizer, encoded, cluster: shared.Cluster, outputs, sizer: BatchSizer, bar, *,
-                      plain: bool, max_new_tokens: int, stop, eos, use_cache: bool) -> None:
+                      plain: bool, max_new_tokens: int, stop, eos, use_cache: bool, settled=None) -> None:
     prefix_cache = None if plain else shared.run_prefix(model, cluster.prefix)
     p = len(cluster.prefix)
     members = sorted(cluster.members, key=lambda i: -len(encoded[i]))
     new_tokens: dict[int, int] = {}
 
     def run(batch: list[int]) -> None:
+        done = None if settled is None else (lambda row, text: settled(batch[row], text))  # row -> prompt index
         if plain:
             texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], max_new_tokens=max_new_tokens,
-                                    stop=stop, eos=eos, use_cache=use_cache)
+                                    stop=stop, eos=eos, use_cache=use_cache, settled=done)
         else:
             counts: list[int] = []
             texts = shared.generate_batch(model, tokenizer, prefix_cache, p, [encoded[i][p:] for i in batch],
-                                          max_new_tokens=max_new_tokens, stop=stop, eos=eos, counts=counts)
+                                          max_new_tokens=max_new_tokens, stop=stop, eos=eos, counts=counts,
+                                          settled=done)
             new_tokens.update(zip(batch, counts))
         for i, t in zip(batch, texts):
             outputs[i] = t

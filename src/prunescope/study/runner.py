@@ -167,17 +167,24 @@ class StudyRun:
 
     def _method_steps(self, common: dict, evals: dict, items: int, before: list[Step]) -> list[Step]:
         """One step per compression-method cell (the ``methods:`` axis, see study/methods_axis.py)."""
-        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell
+        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell, study_scores_file
         cfg, out = self.config, self.out
         after = {s.key: s.identity for s in before if s.key in ("baseline", "efficiency/base")}
+        by_key = {s.key: s for s in before}
         steps = []
         for spec in method_specs(cfg.methods, cfg.ratios):
             cell = out / "cells" / method_cell_name(spec)
+            deps = dict(after)
+            reused = study_scores_file(self, spec, exists=False)
+            if reused is not None and f"scores/{reused.name}" in by_key:  # the method reuses that scoring run
+                dep = by_key[f"scores/{reused.name}"]
+                deps[dep.key] = dep.identity
             marks = [cell / "efficiency.json"] if cfg.efficiency.enabled else []
             evaluate = lambda model, d: call_evaluate(self.stages.evaluate, model, self.tokenizer, cfg.tasks,  # noqa: E731
                                                       out_dir=d, **self.eval_kwargs(baseline=True))
             steps.append(Step(f"cells/{cell.name}", f"compress and eval {method_cell_name(spec)}",
-                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": after},
+                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": deps,
+                               "scoring": dict(cfg.scoring)},
                               [*marks, cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
                               lambda s=spec, d=cell, ev=evaluate: run_method_cell(self, s, d, evaluate_fn=ev),
                               work=items))
