@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 from prunescope import stats
-from prunescope.compare.pairing import accuracy_difference, items_by_task, kind_retention, reading, shared_keys
+from prunescope.compare.pairing import (accuracy_difference, independent, items_by_task, kind_retention, reading,
+                                        shared_keys)
 from prunescope.compare.runs import BASELINE_KEY, EVAL_KEY, Run, Unit
 from prunescope.errors import UsageError
 
@@ -61,7 +62,7 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
                 if not ka:
                     continue
             row = accuracy_difference(ka, [ia[task][k][0] for k in ka], kb, [ib[task][k][0] for k in kb],
-                                      seed=seed, resamples=resamples, level=level)
+                                      paired=not unpaired, seed=seed, resamples=resamples, level=level)
             out["tasks"].append({"key": key, "cell": ua.label, "task": task, "kind": ua.metrics["tasks"][task]["kind"],
                                  **row, "verdict": reading(row["lo"], row["hi"], na, nb)})
         out["notes"] += [f"{ua.label}: task {t} only in {na}" for t in tasks_a if t not in tasks_b]
@@ -95,7 +96,8 @@ def _retention_rows(key, ua: Unit, ub: Unit, base_a: Unit, base_b: Unit, items, 
             continue
         pa = stats.Paired(task, kind, _chance(ua, base_a, task), tuple(in_a), [ja[task][k][0] for k in in_a],
                           [ia[task][k][0] for k in in_a], seed=seed, resamples=resamples)
-        pb = stats.Paired(task, kind, _chance(ub, base_b, task), tuple(in_b), [jb[task][k][0] for k in in_b],
+        pb = stats.Paired(task, kind, _chance(ub, base_b, task), tuple(in_b) if not unpaired else independent(in_b, "B"),
+                          [jb[task][k][0] for k in in_b],
                           [ib[task][k][0] for k in in_b], seed=seed, resamples=resamples)
         if pa.reason or pb.reason:
             left_out.setdefault(kind, []).append(f"{task} ({pa.reason or pb.reason})")

@@ -53,7 +53,13 @@ def shared_keys(a: dict, b: dict, *, match: str) -> tuple[list[str], int]:
     return same, len(both) - len(same)
 
 
-def boot_means(ids: list[str], values: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
+def independent(ids, run: str) -> tuple[str, ...]:
+    """Item ids tagged with a run's name: the resample stats draws for them differs from the untagged ids' one,
+    so ``unpaired`` resamples are independent even when both runs hold the same ids."""
+    return tuple(f"{run}\0{i}" for i in ids)
+
+
+def boot_means(ids, values: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
     """Bootstrap means of ``values`` with the resample that stats gives these item ids."""
     idx = stats.resample_indices(len(ids), resamples=resamples, seed=seed, key="\n".join(ids))
     return np.asarray(values, dtype=float)[idx].mean(axis=1)
@@ -70,16 +76,20 @@ def reading(lo: float, hi: float, a: str = "A", b: str = "B") -> str:
     return stats.UNCLEAR
 
 
-def accuracy_difference(ids_a: list[str], a: list[bool], ids_b: list[str], b: list[bool], *, seed: int,
-                        resamples: int, level: float = stats.LEVEL) -> dict:
-    """Accuracy of A and of B, their difference B − A and its percentile interval. Paired (the same resample
-    indices for both) when ``ids_a == ids_b``; independent resamples otherwise."""
+def accuracy_difference(ids_a: list[str], a: list[bool], ids_b: list[str], b: list[bool], *, paired: bool,
+                        seed: int, resamples: int, level: float = stats.LEVEL) -> dict:
+    """Accuracy of A and of B, their difference B − A and its percentile interval. ``paired``: the items are
+    the same (``ids_a == ids_b``, same order) and both runs get the same resample indices; else independent
+    resamples of each run's items."""
+    if paired and list(ids_a) != list(ids_b):
+        raise ValueError("a paired difference needs the same items in the same order")
     va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    diff = boot_means(ids_b, vb, seed=seed, resamples=resamples) - boot_means(ids_a, va, seed=seed,
-                                                                               resamples=resamples)
+    key_b = ids_b if paired else independent(ids_b, "B")
+    diff = boot_means(key_b, vb, seed=seed, resamples=resamples) - boot_means(ids_a, va, seed=seed,
+                                                                              resamples=resamples)
     lo, hi = stats.interval(diff, level)
     return {"acc_a": float(va.mean()), "acc_b": float(vb.mean()), "diff": float(vb.mean() - va.mean()),
-            "lo": lo, "hi": hi, "n_a": len(ids_a), "n_b": len(ids_b), "paired": ids_a == ids_b}
+            "lo": lo, "hi": hi, "n_a": len(ids_a), "n_b": len(ids_b), "paired": paired}
 
 
 def kind_retention(pairs: list[stats.Paired]) -> tuple[float, np.ndarray]:
