@@ -47,8 +47,8 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
         tasks_a, tasks_b = list(ua.metrics["tasks"]), list(ub.metrics["tasks"])
         for task in [t for t in tasks_a if t in tasks_b]:
             if task not in ia or task not in ib:
-                out["notes"].append(f"{ua.label} / {task}: no per-item results with ids in "
-                                    f"{na if task not in ia else nb}'s samples.jsonl")
+                out["notes"].append(f"{ua.label} / {task}: no per-item results with ids (samples.jsonl) in "
+                                    f"{na if task not in ia else nb}")
                 continue
             looked.append(f"{ua.label}/{task} ({na} {len(ia[task])} ids e.g. {next(iter(ia[task]), '-')}, "
                           f"{nb} {len(ib[task])} ids e.g. {next(iter(ib[task]), '-')})")
@@ -121,10 +121,12 @@ def _no_items_message(a: Run, b: Run, names, looked: list[str], out: dict, match
     if not shared_cells:
         return (f"runs share no items: {na} ({a.path}) and {nb} ({b.path}) have no cell in common ({na}: "
                 f"{', '.join(u.label for u in a.units.values())}; {nb}: {', '.join(u.label for u in b.units.values())}); "
-                f"compare runs of the same study design, or two eval folders")
+                f"pass two study runs, or two eval folders (a run's baseline/ or cells/NAME/ is one)")
     if not looked:
+        ua, ub = next((u, b.units[k]) for k, u in a.units.items() if k in b.units)
         return (f"runs share no items: their shared cells ({', '.join(shared_cells)}) have no task with per-item "
-                f"results in both; evaluate both on the same tasks")
+                f"results in both ({na}: {', '.join(ua.metrics['tasks'])}; {nb}: {', '.join(ub.metrics['tasks'])}); "
+                f"evaluate both on the same tasks")
     differ = sum(n for *_, n in out["content_differs"])
     if differ:
         return (f"runs share no items: {differ} item id(s) are in both but their prompts, choices or gold answers "

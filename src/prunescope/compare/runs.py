@@ -36,8 +36,7 @@ class Unit:
                 with open(path, encoding="utf-8") as fh:
                     self._samples = [json.loads(line) for line in fh if line.strip()]
             except FileNotFoundError:
-                raise UsageError(f"{self.folder} has metrics.json but no samples.jsonl: compare needs per-item "
-                                 f"results; rerun the evaluation (it writes samples.jsonl beside metrics.json)") from None
+                self._samples = []  # no per-item results: the comparison notes it and leaves the unit out
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path} line {e.lineno} is not valid JSON; rerun the evaluation") from None
         return self._samples
@@ -106,8 +105,11 @@ def run_names(paths: list[Path]) -> list[str]:
     """Short distinct names for the runs: the folder name, with as many parent folders as it takes to tell
     runs with the same folder name apart."""
     parts = [Path(p).resolve().parts for p in paths]
+    distinct = list(dict.fromkeys(parts))
     for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["-".join(p[-depth:]).strip("/") or "root" for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [f"{n}-{i}" for i, n in enumerate(names, 1)]
+        names = {p: "-".join(p[-depth:]).strip("/") or "root" for p in distinct}
+        if len(set(names.values())) == len(names):
+            break
+    if len(distinct) == len(parts):
+        return [names[p] for p in parts]
+    return [f"{names[p]}-{i}" for i, p in enumerate(parts, 1)]  # one run given twice: number them
