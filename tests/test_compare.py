@@ -262,3 +262,14 @@ def test_cells_and_tasks_in_one_run_only_are_listed_not_compared(tmp_path):
     assert comp["only_a"] == ["block_influence r=0.5"] and comp["only_b"] == []
     md = (tmp_path / "out/compare.md").read_text()
     assert "only in A: block_influence r=0.5" in md and "reverse r=0.25 / add_gen: no per-item results" in md
+
+
+def test_partly_overlapping_items_are_compared_on_the_shared_ones(tmp_path):
+    """A holds items 0-29, B items 10-39 (right on all of them): the difference is over items 10-29 only."""
+    a = write_eval(tmp_path / "a", {"add_gen": flags(30, 15)})  # right on 0-14: 5 of the shared 10-29
+    b = write_eval(tmp_path / "b", {"add_gen": [True] * 30}, ids={"add_gen": [f"add_gen-eval-0-{i}" for i in range(10, 40)]},
+                   prompts={"add_gen": [f"question {i} of add_gen" for i in range(10, 40)]})
+    comp = compare_runs([a, b], out=tmp_path / "out")["comparisons"][0]
+    (row,) = comp["tasks"]
+    assert row["n_a"] == 20 and row["acc_a"] == pytest.approx(5 / 20) and row["acc_b"] == 1.0
+    assert "eval / add_gen: compared on the 20 shared items of 30 in A and 30 in B" in comp["notes"]

@@ -43,7 +43,7 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
         ub = b.units.get(key)
         if ub is None:
             continue
-        (ia, bad_a), (ib, bad_b) = items(ua), items(ub)
+        (ia, _), (ib, _) = items(ua), items(ub)
         tasks_a, tasks_b = list(ua.metrics["tasks"]), list(ub.metrics["tasks"])
         for task in [t for t in tasks_a if t in tasks_b]:
             if task not in ia or task not in ib:
@@ -61,6 +61,9 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
                     out["content_differs"].append((ua.label, task, dropped))
                 if not ka:
                     continue
+                if len(ka) + dropped < max(len(ia[task]), len(ib[task])):  # beyond those left out for content
+                    out["notes"].append(f"{ua.label} / {task}: compared on the {len(ka)} shared items of "
+                                        f"{len(ia[task])} in {na} and {len(ib[task])} in {nb}")
             row = accuracy_difference(ka, [ia[task][k][0] for k in ka], kb, [ib[task][k][0] for k in kb],
                                       paired=not unpaired, seed=seed, resamples=resamples, level=level)
             out["tasks"].append({"key": key, "cell": ua.label, "task": task, "kind": ua.metrics["tasks"][task]["kind"],
@@ -71,7 +74,7 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
             out["retention"] += _retention_rows(key, ua, ub, a.baseline, b.baseline, items, names=names, seed=seed,
                                                 resamples=resamples, match=match, unpaired=unpaired, level=level)
     if not out["tasks"]:
-        raise UsageError(_no_items_message(a, b, names, looked, out, match, unpaired))
+        raise UsageError(_no_items_message(a, b, names, looked, out))
     return out
 
 
@@ -115,7 +118,7 @@ def _retention_rows(key, ua: Unit, ub: Unit, base_a: Unit, base_b: Unit, items, 
     return rows
 
 
-def _no_items_message(a: Run, b: Run, names, looked: list[str], out: dict, match: str, unpaired: bool) -> str:
+def _no_items_message(a: Run, b: Run, names, looked: list[str], out: dict) -> str:
     na, nb = names
     shared_cells = [u.label for k, u in a.units.items() if k in b.units]
     if not shared_cells:
