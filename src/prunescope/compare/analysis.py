@@ -39,6 +39,7 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
                  "only_a": [u.label for k, u in a.units.items() if k not in b.units],
                  "only_b": [u.label for k, u in b.units.items() if k not in a.units]}
     looked: list[str] = []
+    one_side: dict[tuple[str, str], list[str]] = {}  # (task, run) -> cells where only that run has the task
     for key, ua in a.units.items():
         ub = b.units.get(key)
         if ub is None:
@@ -68,11 +69,16 @@ def compare_pair(a: Run, b: Run, *, names: tuple[str, str] = ("A", "B"), seed: i
                                       paired=not unpaired, seed=seed, resamples=resamples, level=level)
             out["tasks"].append({"key": key, "cell": ua.label, "task": task, "kind": ua.metrics["tasks"][task]["kind"],
                                  **row, "verdict": reading(row["lo"], row["hi"], na, nb)})
-        out["notes"] += [f"{ua.label}: task {t} only in {na}" for t in tasks_a if t not in tasks_b]
-        out["notes"] += [f"{ua.label}: task {t} only in {nb}" for t in tasks_b if t not in tasks_a]
+        for side, mine, theirs in ((na, tasks_a, tasks_b), (nb, tasks_b, tasks_a)):
+            for t in mine:
+                if t not in theirs:
+                    one_side.setdefault((t, side), []).append(ua.label)
         if key not in (BASELINE_KEY, EVAL_KEY) and a.baseline is not None and b.baseline is not None:
             out["retention"] += _retention_rows(key, ua, ub, a.baseline, b.baseline, items, names=names, seed=seed,
                                                 resamples=resamples, match=match, unpaired=unpaired, level=level)
+    shared = sum(k in b.units for k in a.units)
+    out["notes"] += [f"task {t} only in {side}" + ("" if len(cells) == shared else f" ({', '.join(cells)})")
+                     for (t, side), cells in one_side.items()]
     if not out["tasks"]:
         raise UsageError(_no_items_message(a, b, names, looked, out))
     return out
