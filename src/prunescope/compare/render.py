@@ -51,20 +51,27 @@ def document(result: dict) -> Doc:
                         fmt_pct(r["ret_b"]), _interval(r), r["verdict"]] for r in comp["retention"]],
                       caption="Chance-adjusted retention per cell and kind, each run's cell against its own baseline "
                               "((acc − chance) / (base − chance), mean over the kind's tasks, as in the report).")
-        notes = [f"only in {a}: {', '.join(comp['only_a'])}"] if comp["only_a"] else []
-        notes += [f"only in {b}: {', '.join(comp['only_b'])}"] if comp["only_b"] else []
-        notes += [f"{cell} / {task}: {n} item(s) share an id but differ in content; left out"
-                  for cell, task, n in comp["content_differs"]]
-        notes += comp["notes"]
-        notes += [f"{r['cell']} {kind_label(r['kind'])}: left out {', '.join(r['left_out'])}"
-                  for r in comp["retention"] if r["left_out"]]
+        notes = _notes(comp)
         if notes:
-            doc.para("Not compared:")
+            doc.para("Notes: what was left out, and items only partly shared.")
             doc.bullets(notes)
     doc.heading("Figure")
     doc.figure(FIGURE, "Accuracy difference (percentage points, later run minus A) per task and cell, with 95% "
                        "intervals; 0 = no difference.")
     return doc
+
+
+def _notes(comp: dict) -> list[str]:
+    """What a comparison left out, and why."""
+    a, b = comp["a"], comp["b"]
+    notes = [f"only in {a}: {', '.join(comp['only_a'])}"] if comp["only_a"] else []
+    notes += [f"only in {b}: {', '.join(comp['only_b'])}"] if comp["only_b"] else []
+    notes += [f"{cell} / {task}: {n} item(s) share an id but differ in content; left out"
+              for cell, task, n in comp["content_differs"]]
+    notes += comp["notes"]
+    notes += [f"{r['cell']} {kind_label(r['kind'])} retention: left out {', '.join(r['left_out'])}"
+              for r in comp["retention"] if r["left_out"]]
+    return notes
 
 
 def figure(result: dict, path: Path) -> Path:
@@ -116,6 +123,11 @@ def terminal_table(result: dict) -> str:
                    _interval(r), r["verdict"]] for r in comp["retention"]]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
         fmt = lambda cols: "  ".join(str(x).ljust(w) for x, w in zip(cols, widths)).rstrip()  # noqa: E731
-        blocks.append("\n".join([fmt(head), *map(fmt, lines)]))
+        block = [fmt(head), *map(fmt, lines)]
+        notes = _notes(comp)
+        if notes:  # the first few; compare.md lists them all
+            block.append("notes: " + "; ".join(notes[:2]) + (f"; {len(notes) - 2} more in compare.md"
+                                                                     if len(notes) > 2 else ""))
+        blocks.append("\n".join(block))
     legend = "; ".join(f"{r['letter']} = {r['path']}" for r in result["runs"])
     return "\n\n".join(blocks) + f"\n{legend}; differences in percentage points"
