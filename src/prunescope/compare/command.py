@@ -26,7 +26,6 @@ class Config:
                                        "items (e.g. different seeds); intervals are wider")
     overwrite: bool = field(False, help="replace a non-empty --out folder that is not an earlier comparison")
     quiet: bool = field(False, help="print only warnings, errors and the output path")
-    progress: bool = field(True, help="accepted as on every verb; compare runs in seconds and draws no bars")
 
     def __post_init__(self) -> None:
         require(len(self.runs) >= 2, f"compare needs at least two runs, got {len(self.runs)}: "
