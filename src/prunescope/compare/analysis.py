@@ -105,8 +105,8 @@ def _retention_rows(key, ua: Unit, ub: Unit, base_a: Unit, base_b: Unit, items, 
             continue
         pa = stats.Paired(task, kind, _chance(ua, base_a, task), tuple(in_a), [ja[task][k][0] for k in in_a],
                           [ia[task][k][0] for k in in_a], seed=seed, resamples=resamples)
-        pb = stats.Paired(task, kind, _chance(ub, base_b, task), tuple(in_b) if not unpaired else independent(in_b, "B"),
-                          [jb[task][k][0] for k in in_b],
+        ids_b = independent(in_b, "B") if unpaired else tuple(in_b)  # unpaired: B's own resamples
+        pb = stats.Paired(task, kind, _chance(ub, base_b, task), ids_b, [jb[task][k][0] for k in in_b],
                           [ib[task][k][0] for k in in_b], seed=seed, resamples=resamples)
         if pa.reason or pb.reason:
             left_out.setdefault(kind, []).append(f"{task} ({pa.reason or pb.reason})")
@@ -128,8 +128,9 @@ def _no_items_message(a: Run, b: Run, names, looked: list[str], out: dict) -> st
     na, nb = names
     shared_cells = [u.label for k, u in a.units.items() if k in b.units]
     if not shared_cells:
+        cells_a, cells_b = (", ".join(u.label for u in r.units.values()) for r in (a, b))
         return (f"runs share no items: {na} ({a.path}) and {nb} ({b.path}) have no cell in common ({na}: "
-                f"{', '.join(u.label for u in a.units.values())}; {nb}: {', '.join(u.label for u in b.units.values())}); "
+                f"{cells_a}; {nb}: {cells_b}); "
                 f"pass two study runs, or two eval folders (a run's baseline/ or cells/NAME/ is one)")
     if not looked:
         ua, ub = next((u, b.units[k]) for k, u in a.units.items() if k in b.units)

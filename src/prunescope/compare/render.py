@@ -32,9 +32,9 @@ def document(result: dict) -> Doc:
     runs, comps = result["runs"], result["comparisons"]
     doc = Doc("prunescope compare: " + " vs ".join(r["name"] for r in runs))
     doc.bullets([f"**{r['letter']}** = `{r['path']}` ({r['kind']} folder)" for r in runs])
+    matched = " (matched by id alone)" if result["match"] == "id" else " (same id and same prompt)"
     mode = ("independent resamples of each run's items (--unpaired)" if result["unpaired"] else
-            "paired bootstrap over the items both runs evaluated" + (" (matched by id alone)" if result["match"] == "id"
-                                                                    else " (same id and same prompt)"))
+            "paired bootstrap over the items both runs evaluated" + matched)
     doc.para(f"Differences are in percentage points, later run minus first (B − A), with 95% intervals from a {mode}; "
              f"{result['resamples']} resamples, seed {result['seed']}. A run is called higher only when the interval "
              f"excludes 0; otherwise \"not distinguishable\".")
