@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "study": "prunescope.study.command",
     "bench": "prunescope.study.bench_command",
     "report": "prunescope.report.command",
+    "compare": "prunescope.compare.command",
 }
 
 
