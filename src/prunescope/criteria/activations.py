@@ -112,23 +112,49 @@ def logits_skipping(model, batch: Batch, *, removed: list[int], candidate: int, 
                     tuple_output: bool) -> torch.Tensor:
     """Logits with blocks ``removed + [candidate]`` skipped, given ``hidden`` = the input of ``candidate``
     in the model with ``removed`` skipped. Only the blocks after ``candidate`` run."""
-    before = [i for i in range(candidate) if i not in set(removed)]
-    with maybe_skip(model, set(removed) | set(before)):
-        blocks = get_submodule(model, get_architecture(model).layers)
-        original = blocks[0]
-        blocks[0] = _Replay(hidden, tuple_output, original)
-        try:
-            return model_logits(model, batch)
-        finally:
-            blocks[0] = original
+    return run_from(model, batch, skipped=set(removed) | {candidate}, start=candidate + 1, hidden=hidden,
+                    tuple_output=tuple_output)[0]
+
+
+def run_from(model, batch: Batch, *, skipped: Iterable[int], start: int, hidden: torch.Tensor, tuple_output: bool,
+             record: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of the model with blocks ``skipped`` skipped, given ``hidden`` = the input of block ``start``
+    (1 <= start <= number of blocks; the number of blocks means the last block's output) in that model.
+    Only the blocks from ``start`` on that are not skipped run: block ``start - 1`` is replaced by a
+    stand-in returning ``hidden`` and every other block before ``start`` is skipped. ``record``, a block
+    that runs, has its input returned as well (else None)."""
+    slot = start - 1
+    skip = (set(skipped) | set(range(start))) - {slot}
+    got: list[torch.Tensor] = []
+    handle = None
+    if record is not None:
+        def hook(module, args, kwargs):
+            got.append(_hidden(args, kwargs).detach())
+        handle = get_submodule(model, get_architecture(model).layers)[record].register_forward_pre_hook(
+            hook, with_kwargs=True)
+    try:
+        with maybe_skip(model, skip):
+            blocks = get_submodule(model, get_architecture(model).layers)
+            original = blocks[0]
+            blocks[0] = _Replay(hidden, tuple_output, original)
+            try:
+                out = model_logits(model, batch)
+            finally:
+                blocks[0] = original
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out, (got[0] if got else None)
 
 
 def skip_scan(model, batches: list[Batch], *, removed: Iterable[int] = (), candidates: Iterable[int] | None = None,
-              fast: bool = True, progress=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+              fast: bool = True, progress=None,
+              base: bool = True) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
     """Per-sequence stats (see ``sequence_stats``) of the model with ``removed`` skipped, and of the same
     model with each candidate block additionally skipped. Indices are 0-based in the unpruned model.
 
-    ``fast`` reuses the captured block inputs; ``fast=False`` runs the whole model per candidate."""
+    ``fast`` reuses the captured block inputs; ``fast=False`` runs the whole model per candidate.
+    ``base=False`` skips the stats of the model itself (returned as None) when the caller needs none."""
     removed = sorted(removed)
     total = len(get_submodule(model, get_architecture(model).layers))
     kept = [i for i in range(total) if i not in set(removed)]
@@ -138,12 +164,13 @@ def skip_scan(model, batches: list[Batch], *, removed: Iterable[int] = (), candi
     with torch.inference_mode():
         for batch in batches:
             if fast:
-                logits, inputs, tuple_output = capture(model, batch, removed=removed)
-            else:
+                logits, inputs, tuple_output = capture(model, batch, removed=removed, logits=base)
+            elif base:
                 with maybe_skip(model, removed):
                     logits = model_logits(model, batch)
-            base_parts.append(sequence_stats(logits, batch))
-            del logits
+            if base:
+                base_parts.append(sequence_stats(logits, batch))
+                del logits
             for c in candidates:
                 if fast:
                     out = logits_skipping(model, batch, removed=removed, candidate=c,
@@ -154,7 +181,7 @@ def skip_scan(model, batches: list[Batch], *, removed: Iterable[int] = (), candi
                 parts[c].append(sequence_stats(out, batch))
                 if progress is not None:
                     progress.update(1)
-    return torch.cat(base_parts), {c: torch.cat(p) for c, p in parts.items()}
+    return (torch.cat(base_parts) if base else None), {c: torch.cat(p) for c, p in parts.items()}
 
 
 def mean_loss(stats: torch.Tensor) -> float:

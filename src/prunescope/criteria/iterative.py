@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from prunescope.criteria.activations import maybe_skip, mean_loss, skip_scan
 from prunescope.criteria.base import CriterionResult, ScoringContext, rank_scores, register_criterion
 from prunescope.criteria.calibration import context_limit, pack
+from prunescope.criteria.reuse import StepReuse
 from prunescope.errors import UsageError
 
 DEFAULT_TASKS = ["arith_add_1d_gen", "brackets_gen"]
@@ -70,10 +71,15 @@ def sleb(ctx: ScoringContext) -> CriterionResult:
     batches = ctx.calibration_batches()
     total = ctx.total_layers
 
-    def evaluate(removed, allowed, bar):
-        _, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=ctx.fast, progress=bar)
-        return {c: -mean_loss(s) for c, s in skipped.items()}
+    def objective(stats):
+        return -mean_loss(stats)
 
+    def naive(removed, allowed, bar):
+        _, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=False, progress=bar,
+                               base=False)
+        return {c: objective(s) for c, s in skipped.items()}
+
+    evaluate = StepReuse(ctx.model, batches, objective, later_wins_ties=False) if ctx.fast else naive
     result = greedy(ctx, "sleb", evaluate, lambda removed: _alive(total, removed)[1:-1], later_wins_ties=False,
                     units_per_candidate=len(batches))
     result.info.update(barriers={"early": 1, "latter": 1})
