@@ -30,13 +30,49 @@ def model_logits(model, batch: Batch) -> torch.Tensor:
 def sequence_stats(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Per sequence: (sum of log-probabilities of the scored tokens, number of scored tokens), shape (B, 2).
 
-    Token ``t`` is predicted from position ``t - 1``; padding and unscored tokens count nothing."""
-    targets = batch.input_ids[:, 1:]
+    Token ``t`` is predicted from position ``t - 1``; padding and unscored tokens count nothing.
+    ``logits`` are the model's (B, T, vocab) logits, or the (scored tokens, vocab) rows that a forward
+    inside ``scored_head`` returns."""
     mask = batch.loss_mask[:, 1:].to(logits.device)
+    if logits.dim() == 2:
+        targets = batch.input_ids[:, 1:].to(logits.device)[mask]
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        rows = torch.arange(mask.shape[0], device=logits.device).unsqueeze(1).expand_as(mask)[mask]
+        logprob = torch.zeros(mask.shape[0], dtype=nll.dtype, device=nll.device).index_add_(0, rows, -nll)
+        return torch.stack([logprob, mask.sum(dim=1).to(logprob.dtype)], dim=1).cpu()
+    targets = batch.input_ids[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().to(logits.device),
                           reduction="none").view_as(targets)
     logprob = -(nll * mask).sum(dim=1)
     return torch.stack([logprob, mask.sum(dim=1).to(logprob.dtype)], dim=1).cpu()
+
+
+@contextlib.contextmanager
+def scored_head(model, batch: Batch, enabled: bool = True) -> Iterator[None]:
+    """Inside, the output head sees only the positions that predict a scored token (no padding, no
+    last position, no unscored context), so a forward returns (scored tokens, vocab) logits in batch
+    order. The head module itself runs and what the model does to its output (soft-capping, scaling)
+    is elementwise, so each row equals the full logits' row. The head is a large share of a small
+    model's work (SmolLM2-135M: a fifth of the linear layers' FLOPs), and task items score only their
+    answer. A model whose head is not its output-embedding module gets full logits, which
+    ``sequence_stats`` also takes."""
+    head = model.get_output_embeddings() if enabled else None
+    if head is None:
+        yield
+        return
+    mask = batch.loss_mask[:, 1:]
+
+    def hook(module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != batch.input_ids.shape:
+            return None  # not the whole sequence (a model slicing before its head): leave it alone
+        return (hidden[:, :-1][mask.to(hidden.device)], *args[1:])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
@@ -58,13 +94,14 @@ class _StopForward(Exception):
     """Raised after the last block when the logits are not needed (saves the final norm and the head)."""
 
 
-def capture(model, batch: Batch, *, removed: Iterable[int] = (), logits: bool = True):
+def capture(model, batch: Batch, *, removed: Iterable[int] = (), logits: bool = True, scored: bool = False):
     """One forward of ``model`` with blocks ``removed`` skipped, recording what enters each kept block.
 
     Returns (logits, inputs, tuple_output): ``inputs[p]`` is the input of the ``p``-th kept block and
     ``inputs[-1]`` the output of the last block (before the final norm); ``tuple_output`` says whether
     the blocks return tuples (older transformers) rather than tensors. With ``logits=False`` the
-    forward stops after the last block and the returned logits are None."""
+    forward stops after the last block and the returned logits are None; ``scored=True`` returns only
+    the scored rows (see ``scored_head``)."""
     with maybe_skip(model, removed):
         blocks = get_submodule(model, get_architecture(model).layers)
         inputs: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
@@ -85,7 +122,8 @@ def capture(model, batch: Batch, *, removed: Iterable[int] = (), logits: bool = 
         handles.append(blocks[-1].register_forward_hook(last_hook, with_kwargs=True))
         out = None
         try:
-            out = model_logits(model, batch)
+            with scored_head(model, batch, enabled=scored and logits):
+                out = model_logits(model, batch)
         except _StopForward:
             pass
         finally:
@@ -113,16 +151,17 @@ def logits_skipping(model, batch: Batch, *, removed: list[int], candidate: int, 
     """Logits with blocks ``removed + [candidate]`` skipped, given ``hidden`` = the input of ``candidate``
     in the model with ``removed`` skipped. Only the blocks after ``candidate`` run."""
     return run_from(model, batch, skipped=set(removed) | {candidate}, start=candidate + 1, hidden=hidden,
-                    tuple_output=tuple_output)[0]
+                    tuple_output=tuple_output, scored=True)[0]
 
 
 def run_from(model, batch: Batch, *, skipped: Iterable[int], start: int, hidden: torch.Tensor, tuple_output: bool,
-             record: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             record: int | None = None, scored: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of the model with blocks ``skipped`` skipped, given ``hidden`` = the input of block ``start``
     (1 <= start <= number of blocks; the number of blocks means the last block's output) in that model.
     Only the blocks from ``start`` on that are not skipped run: block ``start - 1`` is replaced by a
     stand-in returning ``hidden`` and every other block before ``start`` is skipped. ``record``, a block
-    that runs, has its input returned as well (else None)."""
+    that runs, has its input returned as well (else None). ``scored``: logits of the scored positions
+    only (see ``scored_head``)."""
     slot = start - 1
     skip = (set(skipped) | set(range(start))) - {slot}
     got: list[torch.Tensor] = []
@@ -138,7 +177,8 @@ def run_from(model, batch: Batch, *, skipped: Iterable[int], start: int, hidden:
             original = blocks[0]
             blocks[0] = _Replay(hidden, tuple_output, original)
             try:
-                out = model_logits(model, batch)
+                with scored_head(model, batch, enabled=scored):
+                    out = model_logits(model, batch)
             finally:
                 blocks[0] = original
     finally:
@@ -164,7 +204,7 @@ def skip_scan(model, batches: list[Batch], *, removed: Iterable[int] = (), candi
     with torch.inference_mode():
         for batch in batches:
             if fast:
-                logits, inputs, tuple_output = capture(model, batch, removed=removed, logits=base)
+                logits, inputs, tuple_output = capture(model, batch, removed=removed, logits=base, scored=True)
             elif base:
                 with maybe_skip(model, removed):
                     logits = model_logits(model, batch)

@@ -115,13 +115,22 @@ def greedy_task(ctx: ScoringContext) -> CriterionResult:
         item = torch.exp(stats[:, 0] / stats[:, 1].clamp(min=1)).double()
         return torch.stack([item[groups == g].mean() for g in range(len(tasks))])
 
-    def evaluate(removed, allowed, bar):
-        base, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=ctx.fast,
-                                  progress=bar)
+    def objective(stats):
+        return _normalised(per_task(stats).tolist(), baseline[0].tolist())
+
+    def naive(removed, allowed, bar):
+        base, skipped = skip_scan(ctx.model, batches, removed=removed, candidates=allowed, fast=False, progress=bar,
+                                  base=not baseline)
         if not baseline:
             baseline.append(per_task(base))
-        return {c: _normalised(per_task(s).tolist(), baseline[0].tolist()) for c, s in skipped.items()}
+        return {c: objective(s) for c, s in skipped.items()}
 
+    if ctx.fast:
+        base, _ = skip_scan(ctx.model, batches, candidates=[])
+        baseline.append(per_task(base))
+        evaluate = StepReuse(ctx.model, batches, objective, later_wins_ties=True)
+    else:
+        evaluate = naive
     result = greedy(ctx, "greedy_task", evaluate, candidates, later_wins_ties=True, units_per_candidate=len(batches))
     result.info.update(tasks=tasks, items_per_task=ITEMS_PER_TASK, objective="teacher_forced",
                        scorer="answer_probability", baseline=[float(x) for x in baseline[0]])

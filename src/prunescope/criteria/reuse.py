@@ -38,10 +38,10 @@ class StepReuse:
     kept states do not apply and are not used."""
 
     def __init__(self, model, batches: list[Batch], value: Callable[[torch.Tensor], float], *,
-                 later_wins_ties: bool, budget: int = REUSE_BYTES):
+                 later_wins_ties: bool, budget: int | None = None):
         self.model, self.batches, self.value = model, batches, value
         self.sign = 1 if later_wins_ties else -1
-        self.budget = budget
+        self.budget = REUSE_BYTES if budget is None else budget
         self.saved: dict[int, tuple[int, list[torch.Tensor], tuple[int, ...]]] = {}
         self.fallback = False
         self.used = "steps"  # recorded by the caller: "steps" (across steps) or "within_step"
