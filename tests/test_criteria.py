@@ -305,6 +305,33 @@ def test_fast_path_equals_naive_loop(arch, tokenizer):
         assert a["objective"] == pytest.approx(b["objective"], abs=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "opt"])
+def test_loss_on_scored_positions_equals_cross_entropy_on_full_logits(arch, tokenizer):
+    """The fast path runs the output head only where a token is scored. Per sequence of a padded batch
+    its sums must equal log-softmax of each unpadded text's full logits (gemma2 soft-caps them, opt
+    projects out), over the scored tokens only."""
+    from prunescope.criteria.activations import capture, sequence_stats
+    from prunescope.criteria.calibration import pack
+    model = make_tiny_model(arch, layers=3)
+    rows = []
+    for i, text in enumerate(["a much longer text with several words in it", "short", "2 + 3 = 5"]):
+        ids = tokenizer(text).input_ids
+        rows.append((ids, [False] + [bool(j % 2 or i == 0) for j in range(1, len(ids))], 0))
+    (batch,) = pack(tokenizer, rows)
+    expected = []
+    with torch.no_grad():
+        logits, _, _ = capture(model, batch, scored=True)
+        stats = sequence_stats(logits, batch)
+        for ids, scored, _ in sorted(rows, key=lambda r: -len(r[0])):  # pack's order
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
+            keep = torch.tensor(scored[1:])
+            picked = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][keep]
+            expected.append([float(picked.sum()), int(keep.sum())])
+    assert batch.attention_mask.sum() < batch.attention_mask.numel()  # padded
+    assert logits.dim() == 2 and logits.shape[0] == sum(n for _, n in expected)
+    assert stats.flatten().tolist() == pytest.approx([v for row in expected for v in row], rel=1e-5)
+
+
 def test_ppl_equals_loss_with_the_layer_physically_skipped(llama, tokenizer):
     """The ppl score of a layer is the loss increase measured with the model's own loss."""
     text = "Water boils at 100 degrees Celsius at sea level."

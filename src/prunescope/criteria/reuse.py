@@ -13,9 +13,10 @@ blocks already evaluated when ``c`` runs are exactly those after ``c``; the step
 wins any subset holding it. So each candidate keeps one state: the input of the best block evaluated
 so far. The values computed are the ones the naive loop computes (same blocks on the same inputs).
 
-This needs every batch's block inputs in memory at once (candidates outside, batches inside, so that
-a candidate's objective is complete before the next runs): about (candidates + blocks) x calibration
-tokens x hidden size values. Above ``REUSE_BYTES`` the scan falls back to ``skip_scan``.
+This needs every batch's states in memory at once (candidates outside, batches inside, so that a
+candidate's objective is complete before the next runs): about one state per candidate, i.e.
+candidates x calibration tokens x hidden size values (SmolLM2-135M, default calibration: 2.2 GB).
+Above ``REUSE_BYTES`` the scan falls back to ``skip_scan`` (reuse within a step only).
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ REUSE_BYTES = 4 * 2**30  # kept block inputs; above this, only the within-step r
 class StepReuse:
     """``evaluate(removed, allowed, bar) -> {candidate: value}`` for ``criteria.iterative.greedy``, with
     ``value(stats)`` the objective of a candidate's per-sequence stats (see ``sequence_stats``), higher
-    is better, ties to the later block when ``later_wins_ties``. Successive calls must extend
-    ``removed`` by the block the previous call ranked best (as ``greedy`` does); otherwise the
-    kept states do not apply and are not used."""
+    is better, ties to the later block when ``later_wins_ties``. A kept state is used only while it
+    holds (see ``_valid``), so any sequence of calls gives the naive loop's values; states save work
+    when ``removed`` grows by the block the previous call ranked best, as in ``greedy``."""
 
     def __init__(self, model, batches: list[Batch], value: Callable[[torch.Tensor], float], *,
                  later_wins_ties: bool, budget: int | None = None):
@@ -44,7 +45,6 @@ class StepReuse:
         self.budget = REUSE_BYTES if budget is None else budget
         self.saved: dict[int, tuple[int, list[torch.Tensor], tuple[int, ...]]] = {}
         self.fallback = False
-        self.used = "steps"  # recorded by the caller: "steps" (across steps) or "within_step"
 
     def _valid(self, c: int, removed: list[int]):
         """The kept state of candidate ``c`` if it still holds: recorded with a prefix of ``removed``
@@ -73,7 +73,7 @@ class StepReuse:
                     captured[c].append(inputs[kept.index(c)])
                 del inputs
                 if batch is self.batches[0] and self._too_big(captured, allowed):
-                    self.fallback, self.used, self.saved = True, "within_step", {}
+                    self.fallback, self.saved = True, {}
                     return self._within_step(removed, allowed, bar)
             values: dict[int, float] = {}
             best = None
@@ -102,14 +102,15 @@ class StepReuse:
         return values
 
     def _too_big(self, captured: dict[int, list[torch.Tensor]], allowed: list[int]) -> bool:
-        """Whether all batches' kept inputs and states (two per candidate, at most) exceed the budget,
-        extrapolated from the first batch."""
+        """Whether all batches' kept tensors exceed the budget, extrapolated from the first batch. Each
+        candidate holds one at a time (its captured input until it runs, then the state its run kept),
+        plus one being replaced and one batch's capture in flight."""
         first = next((t[0] for t in captured.values() if t), None)
         if first is None:
             return False
         per_token = first[0, 0].numel() * first.element_size()
         tokens = sum(b.input_ids.numel() for b in self.batches)
-        return 2 * (len(allowed) + 1) * tokens * per_token > self.budget
+        return (len(allowed) + 2) * tokens * per_token > self.budget
 
     def _within_step(self, removed, allowed, bar) -> dict[int, float]:
         _, skipped = skip_scan(self.model, self.batches, removed=removed, candidates=allowed, progress=bar,
