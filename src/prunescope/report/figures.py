@@ -29,6 +29,8 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
+    from prunescope.io import _umask_mode
+    os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes owner-only files; a report is for sharing
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     os.replace(tmp, path)
     import matplotlib.pyplot as plt

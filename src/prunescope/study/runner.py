@@ -259,8 +259,11 @@ class StudyRun:
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, rdir / shared.name)
             student = self._recovery_student(criterion, k, rconfig, rdir)
+            # merged/ is evaluated below: written in the precision the study computes in, so that the
+            # recovered cell's numbers are the trained weights' and not a rounding of them
             self.stages.recover(student, self.tokenizer, teacher=self.model, teacher_tokenizer=self.tokenizer,
-                                config=rconfig, out=rdir, overwrite=False, resume=True)
+                                config=rconfig, out=rdir, overwrite=False, resume=True,
+                                dtype=next(self.model.parameters()).dtype)
             del student
             if (rdir / shared.name).is_file() and not shared.is_file():
                 from prunescope.io import write_text
