@@ -35,6 +35,7 @@ class Config:
     angular_tokens: str = field("last", choices=["last", "all"], help="angular: last token (the paper) or all tokens")
     greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
                                   help="greedy_task: generation accuracy (the paper) or teacher-forced proxy")
+    progress: bool = field(True, help="progress bars while scoring (the command line shows them only on a terminal)")
     seed: int = field(0, help="random seed for the criterion (calibration windows, random order, task items)")
     dtype: str = field("auto", choices=CHECKPOINT_DTYPES, help=DTYPE_HELP)
     device: str = field("auto", help="auto, cpu or cuda")

@@ -206,6 +206,7 @@ class StudyRun:
             kwargs["tasks"] = [t for t in cfg.tasks if ":" not in t]
         if k is None:
             kwargs.pop("num_layers", None)
+        kwargs.setdefault("progress", self.progress)  # no carriage-return bars in a log file
         result = self.stages.score_layers(self.model, self.tokenizer, criterion, num_layers=k, seed=cfg.seed,
                                           **kwargs)
         from prunescope.criteria import save_scores
