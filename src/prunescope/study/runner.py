@@ -35,7 +35,7 @@ from prunescope.io import read_json, write_json
 from prunescope.study.config import StudyConfig
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
-from prunescope.study.steps import Manifest, Step, eta_text, plan_text
+from prunescope.study.steps import Manifest, Step, plan_text, step_line
 
 log = logging.getLogger("prunescope.study")
 
@@ -393,8 +393,7 @@ class StudyRun:
             if manifest.done(step):
                 continue
             todo = [s for s in steps[index - 1:] if not manifest.done(s)]
-            log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
-                     _duration(time.time() - started), eta_text(todo, trail["steps"]))
+            log.info("%s", step_line(index, len(steps), step, todo, time.time() - started, trail["steps"]))
             if manifest.entries.get(step.key, {}).get("identity") != step.identity:
                 step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
