@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prunescope.report.tables import KINDS, aggregate, baseline_rows, kind_label
+from prunescope.report.tables import KINDS, aggregate, baseline_rows, fmt_num, kind_label
 
 KIND_COLOR = {"multiple_choice": "#0072B2", "generate": "#D55E00"}
 CRITERION_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
@@ -192,7 +192,7 @@ def ablation_figure(ablation: dict, *, path: Path) -> Path:
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 v = data[i, j]
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, fmt_num(v, ".0f"), ha="center", va="center", fontsize=7,
                         color="white" if abs(v) > 0.6 * vmax else "black")
     ax.set_xticks(range(len(tasks)), [f"{t}\n{kind_label(ablation['tasks'][t]['kind'])}" for t in tasks],
                   rotation=0 if len(tasks) <= 6 else 30, ha="center" if len(tasks) <= 6 else "right", fontsize=8)

@@ -388,6 +388,9 @@ class StudyRun:
         if previous is not None and len(pending) < len(steps):
             log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
         ran, ablated = 0, False
+        # compute of earlier attempts (study.json is rewritten after every step, so a killed attempt counts
+        # up to its last finished step) plus this one's
+        earlier = float(info.get("seconds") or 0.0)
         log.info("plan: %s", plan_text(pending))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
@@ -402,6 +405,8 @@ class StudyRun:
             trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "work": step.work,
                                         "finished": _now()}
             write_json(self.out / "run.json", trail)
+            info["seconds"] = round(earlier + time.time() - started, 1)
+            write_json(path, info)
             ran += 1
             ablated = ablated or step.key.startswith("ablation/")
         if self.config.ablation.enabled and (ablated or not (self.out / "ablation/ablation.json").is_file()):
@@ -411,7 +416,7 @@ class StudyRun:
         write_results_csv(self.out)
         if ran or info.get("finished") is None:
             info["finished"] = _now()
-            info["seconds"] = round(info.get("seconds", 0.0) + time.time() - started, 1)
+            info["seconds"] = round(earlier + time.time() - started, 1)
             write_json(path, info)
         isolation = self._isolation()
         if isolation and info.get("isolation") != next(iter(isolation.values())):
