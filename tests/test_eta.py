@@ -98,3 +98,13 @@ def test_a_uniform_cost_estimate_misses(monkeypatch):
     lines, total = simulate([(k, 0, s) for k, _, s in DEFAULT_RUN])
     quarter = math.ceil(len(lines) / 4)
     assert max(abs(p / total - 1) for p in predicted_totals(lines)[quarter:]) > 0.30
+
+
+def test_plan_states_the_time_left_when_earlier_steps_were_measured():
+    from prunescope.study.steps import plan_text
+    pending = [Step("cells/a-r0.1", "a", {}, [], lambda: None, work=400),
+               Step("ablation/layer-000", "b", {}, [], lambda: None, work=10)]
+    assert plan_text(pending) == "1 eval, 1 ablation"  # a fresh run: nothing measured yet
+    # one evaluation of 400 items measured at 40 s: the cell 40 s, the ablation step 10 items at 0.1 s
+    assert plan_text(pending, {"baseline": {"seconds": 40.0, "work": 400}}) == \
+        "1 eval, 1 ablation; about 41s, from 1 step(s) measured here before"

@@ -391,7 +391,7 @@ class StudyRun:
         # compute of earlier attempts (study.json is rewritten after every step, so a killed attempt counts
         # up to its last finished step) plus this one's
         earlier = float(info.get("seconds") or 0.0)
-        log.info("plan: %s", plan_text(pending))
+        log.info("plan: %s", plan_text(pending, trail["steps"]))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
                 continue

@@ -114,11 +114,17 @@ def step_kind(key: str) -> str:
 PRIOR_VS_EVAL = {"recovery": 1.8, "method": 0.75, "efficiency": 0.04}
 
 
-def plan_text(pending: list[Step]) -> str:
+def plan_text(pending: list[Step], timings: dict[str, dict] | None = None) -> str:
+    """How many steps of each kind are left; with steps measured by an earlier attempt in the folder
+    (``timings``), the estimated time they take."""
     counts: dict[str, int] = {}
     for s in pending:
         counts[step_kind(s.key)] = counts.get(step_kind(s.key), 0) + 1
-    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+    left = estimate_seconds(pending, timings or {}) if pending else None
+    if left is not None:
+        text += f"; about {duration(left)}, from {len(timings)} step(s) measured here before"
+    return text
 
 
 def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None:
