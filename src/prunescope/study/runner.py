@@ -297,9 +297,10 @@ class StudyRun:
             self._save_checkpoint(criterion, removed, len(get_layers(self.model)), rdir / "student")
         return load_4bit(str(rdir / "student"))[0]
 
-    def _efficiency(self, **extra) -> dict:
+    def _efficiency(self, model=None, **extra) -> dict:
         e = self.config.efficiency
-        return self.stages.measure_efficiency(self.model, self.tokenizer, prompt_tokens=e.prompt_tokens,
+        return self.stages.measure_efficiency(self.model if model is None else model, self.tokenizer,
+                                              prompt_tokens=e.prompt_tokens,
                                               new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup,
                                               batch_size=e.batch_size, seed=self.config.seed, **extra)
 
@@ -307,12 +308,13 @@ class StudyRun:
         write_json(self.out / "baseline/efficiency.json", {"measured_on": "baseline", **self._efficiency()})
 
     def run_efficiency(self, cells: list[Path]) -> None:
-        """Cells with the same number of removed layers do the same work: measure once, on the first."""
+        """Cells with the same number of removed layers do the same work: measure once, on the first. The base
+        is timed again in the same call, its rounds interleaved with the cell's, so the speedup's interval
+        compares rounds under the same machine load (prunescope.speed)."""
         from prunescope.pruning import skip_layers
-        base = read_json(self.out / "baseline/efficiency.json")
         meta = read_json(cells[0] / "prunescope.json")
-        with skip_layers(self.model, layers=meta["removed_layers"]):
-            result = self._efficiency(baseline=base)
+        result = self._efficiency(base=self.model,
+                                  model=lambda: skip_layers(self.model, layers=meta["removed_layers"]))
         for cell in cells:
             write_json(cell / "efficiency.json", {"measured_on": cells[0].name, **result})
 
