@@ -143,7 +143,8 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     if efficiency and any("speedup" in e for e in efficiency.values()):
         figures.frontier_figure(rows, efficiency, criteria=criteria, methods=methods, target=target,
                                 path=fig_dir / "frontier.png")
-        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars); one marker "
+        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars; horizontal: "
+                     "the speedup's 90% rank interval over rounds timed alongside the base); one marker "
                      "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
                      "share of the removed blocks."))
 
@@ -151,7 +152,8 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
         from prunescope.report.frontier import frontier_points, plot_frontier
         if plot_frontier(frontier_points(run_dir), fig_dir / "frontier_methods.png"):
             figs.append(("figures/frontier_methods.png", "Compression methods at measured cost: chance-adjusted "
-                         "retention (95% bars) against decode speedup (left) and weight memory (right), relative to "
+                         "retention (95% bars) against decode speedup (left; horizontal bars: its 90% rank interval over "
+                         "rounds timed alongside the base) and weight memory (right), relative to "
                          "the base; one marker per method and setting, dashed: the Pareto front."))
 
     doc = Doc(f"prunescope study: {cfg.get('name', run_dir.name)}")
@@ -277,11 +279,11 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
     if effs:
         doc.heading("Efficiency", 3)
         doc.table(["model", "layers", "parameters (M)", "block params (M)", "peak memory (MiB)", "prefill (ms)",
-                   "decode (tok/s)", "decode speedup", "ideal speedup", "prefill speedup"],
+                   "decode (tok/s)", "decode speedup [90%]", "ideal speedup", "prefill speedup"],
                   [[c if r is None else f"{c} r={r:g}", e["num_layers"], _f(e["parameters"]["total"] / 1e6, 2),
                     _f(e["parameters"]["blocks"] / 1e6, 2), _f(e["memory"]["peak_bytes"] / 2 ** 20, 1),
                     _f(e["prefill_ms"], 1), _f(e["decode_tokens_per_s"], 1),
-                    _f(e.get("speedup", {}).get("decode"), 2) or "1.00", _f(e.get("speedup", {}).get("ideal"), 2) or "1.00",
+                    _decode_speedup(e), _f(e.get("speedup", {}).get("ideal"), 2) or "1.00",
                     _f(e.get("speedup", {}).get("prefill"), 2) or "1.00"] for c, r, e in effs],
                   caption=_efficiency_note(effs[0][2]))
     if agree and len(agree["criteria"]) > 1:
@@ -341,12 +343,25 @@ def _gap(a: dict) -> str:
     return f"{fmt_num(100 * a['gap'], '+.0f')} pts [{fmt_num(100 * a['gap_lo'], '+.0f')}, {fmt_num(100 * a['gap_hi'], '+.0f')}]"
 
 
+def _decode_speedup(e: dict) -> str:
+    """``1.23x [1.05, 1.40] faster``: the measured speedup, its rank interval and what it allows (prunescope.speed)."""
+    from prunescope.speed import decode_interval, fmt_speedup, speed_verdict
+    if "speedup" not in e:
+        return "1.00"  # the base itself
+    iv = decode_interval(e)
+    verdict = speed_verdict(iv)
+    return fmt_speedup(e["speedup"].get("decode"), iv) + ("" if verdict == "not distinguishable" else f" {verdict}")
+
+
 def _efficiency_note(e: dict) -> str:
     s = e.get("settings", {})
     return (f"Median of {s.get('repeats')} rounds after {s.get('warmup')} warm-up: prefill of {s.get('prompt_tokens')} "
             f"tokens, then {s.get('new_tokens')} greedy tokens from the KV cache, batch {s.get('batch_size')}, "
             f"{e.get('device')} {e.get('dtype')}. Peak memory: {e['memory']['method']}. Cells removing the same number "
-            f"of layers share one measurement. Ideal speedup = FLOPs per token before / after (blocks and LM head).")
+            f"of layers share one measurement. Ideal speedup = FLOPs per token before / after (blocks and LM head). "
+            f"Decode speedup interval: exact rank interval over the rounds, the base timed again alongside each cell "
+            f"with rounds interleaved (each side 5%: with 3 rounds, 'faster' means every cell round beat every base "
+            f"round); 'faster'/'slower' only when it excludes 1.")
 
 
 def _provenance(doc: Doc, art: dict) -> None:

@@ -214,7 +214,8 @@ def ablation_figure(ablation: dict, *, path: Path) -> Path:
 def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict], *, criteria: list[str],
                     methods: list[str], target: float, path: Path) -> Path:
     """Measured decode speedup (x) against retention (y) per task kind; one marker per criterion; recovered
-    cells open, joined to their pruned cell by a dashed line; dotted verticals mark the ideal speedups."""
+    cells open, joined to their pruned cell by a dashed line; dotted verticals mark the ideal speedups; horizontal
+    bars: the speedup's rank interval over timed rounds, where the efficiency.json has one."""
     plt = _plt()
     agg = aggregate(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -242,7 +243,9 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
                 if "speedup" not in eff:
                     continue
                 x = eff["speedup"]["decode"]
-                pts.append((x, a["retention"], a["lo"], a["hi"]))
+                iv = eff["speedup"].get("decode_interval") or {}  # rank interval over timed rounds (prunescope.speed)
+                xlo, xhi = (iv["lo"], iv["hi"]) if iv.get("lo") is not None else (x, x)
+                pts.append((x, a["retention"], a["lo"], a["hi"], xlo, xhi))
                 for method in methods:
                     rec = agg.get((crit, key[1], method, kind))
                     if rec:
@@ -251,8 +254,9 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
                                 transform=shift)
             if pts:
                 pts.sort()
-                xs, ys, lo, hi = zip(*pts)
+                xs, ys, lo, hi, xlo, xhi = zip(*pts)
                 ax.errorbar(xs, ys, yerr=[[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]],
+                            xerr=[[max(0.0, x - l) for x, l in zip(xs, xlo)], [max(0.0, h - x) for x, h in zip(xs, xhi)]],
                             color=color, marker=marker, ms=7, ls="-", lw=0.8, alpha=0.9, capsize=2, transform=shift)
         ax.plot([1.0], [1.0], marker="*", color="black", ms=11, ls="")
     ax.axhline(target, color="0.4", lw=0.8, ls="--")
