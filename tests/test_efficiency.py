@@ -91,6 +91,7 @@ def test_bench_cli(tiny_model_dir, tmp_path, capsys):
                  "--new-tokens", "4", "--repeats", "2", "--baseline", str(out), "--out", str(pruned)]) == 0
     data = json.loads(pruned.read_text())
     assert data["num_layers"] == 3 and data["skipped_layers"] == [0, 1, 2] and "speedup" in data
+    assert data["speedup"]["decode_interval"]["paired"] and len(data["base_rounds"]["decode_tokens_per_s_all"]) == 2
     assert "decode speedup" in capsys.readouterr().out
     assert main(["bench", "--model", str(tiny_model_dir), "--repeats", "0"]) == 2
     assert main(["bench", "--model", str(tiny_model_dir), "--layers", "9"]) == 2
