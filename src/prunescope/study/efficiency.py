@@ -114,13 +114,16 @@ class _PeakRss:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            rise = self._rss() - self.start  # sampled while paused too: the sampler costs both arms alike
             if self._active.is_set():
-                self.rise = max(self.rise, self._rss() - self.start)
+                self.rise = max(self.rise, rise)
 
     @contextlib.contextmanager
     def paused(self):
-        """No sampling inside (another model's rounds); what the allocator keeps from them may still be seen
-        after, so with a base timed alongside the CPU peak is an upper bound."""
+        """Samples inside (another model's rounds) are not counted; they are still taken, since the sampling
+        thread slows the rounds it runs beside (in the same process, for the GIL) and a timed comparison needs
+        both arms slowed alike. What the allocator keeps from those rounds may be seen after, so with a base
+        timed alongside the CPU peak is an upper bound."""
         self.rise = max(self.rise, self._rss() - self.start)
         self._active.clear()
         try:
