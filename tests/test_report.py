@@ -348,3 +348,20 @@ def test_fastest_option_is_named_only_when_its_retention_separates():
     findings, table = methods_section([pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55, speed=old)], {})
     assert table[0][3] == "1.50x" and "measurably faster" not in " ".join(findings)
     assert any(f.startswith("No speed claim for width r=0.2: no interval") for f in findings)
+
+def test_efficiency_files_without_rounds_make_no_speed_claim(tmp_path):
+    """An efficiency.json written before intervals (no rounds, no decode_interval) still reads; its speedup is
+    printed bare and never called faster, though the point value is far above 1."""
+    run = make_run(tmp_path / "run")
+    for path in run.glob("cells/*/efficiency.json"):
+        data = json.loads(path.read_text())
+        del data["speedup"]["decode_interval"]
+        path.write_text(json.dumps(data))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "Keeping 4 of 8 layers is not distinguishable from the base's decode speed on this machine (1.80x;" in md
+    table = [line for line in md.split("### Efficiency")[1].splitlines() if line.startswith("| reverse")]
+    assert table and all("faster" not in line for line in table) and any("| 1.20x |" in line for line in table)
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert {r["speed_verdict"] for r in rows if r["criterion"] != "none" and r["recovery"] == "none"} == {"not distinguishable"}
+    assert {r["decode_speedup_lo"] for r in rows} == {""}
