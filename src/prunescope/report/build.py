@@ -207,7 +207,11 @@ HOW_TO_READ = (
     "the pruned model answered the same items, so each resample draws items once for both, and the interval "
     "includes the base model's own uncertainty. The gap is classification minus generation mean adjusted "
     "retention in one cell; a cell is called 'generation kept less' or 'classification kept less' only when "
-    "the gap's interval excludes 0, otherwise 'not distinguishable'.")
+    "the gap's interval excludes 0, otherwise 'not distinguishable'. Speed follows the same rule: the base is "
+    "timed again alongside each cell, rounds interleaved, and a cell decodes 'faster' or 'slower' only when its "
+    "speedup's exact rank interval over the rounds (each side 5%; with 3 rounds of each, every cell round beat, "
+    "or lost to, every base round) excludes 1; otherwise it is not distinguishable from the base's speed on "
+    "this machine.")
 HOW_TO_READ_ABLATION = " The same rule names a layer as critical in the single-layer ablation."
 
 
