@@ -2,7 +2,9 @@
 
 For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8): parameters,
 weight bytes in memory, bytes on disk, peak memory, prefill latency and decode tokens/s from
-``measure_efficiency`` (medians of ``--repeats`` rounds), each as a ratio to the base. The speculative draft is
+``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside each method with rounds
+interleaved; the decode speedup with its rank interval and verdict, ``prunescope.speed``), each as a ratio to
+the base. The speculative draft is
 timed through ``generate`` against plain greedy ``generate`` on real prompts (same harness both ways), with its
 acceptance rate and a check that its output equals the full model's.
 
@@ -43,6 +45,7 @@ def main() -> None:
     from prunescope.methods import compress, save_compressed
     from prunescope.methods.speculative import measure_speculative
     from prunescope.models import load_model
+    from prunescope.speed import fmt_speedup, speed_verdict
     from prunescope.study.efficiency import measure_efficiency
 
     torch.set_grad_enabled(False)
@@ -50,6 +53,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     kw = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats)
     model, tok = load_model(args.model)
+    base_model = model  # kept unchanged: each method compresses a fresh copy, timed alongside this one
     base = measure_efficiency(model, tok, **kw)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(Path(tmp) / "base")
@@ -69,11 +73,12 @@ def main() -> None:
                   f"{s['assisted_tokens_per_s']:.1f} vs plain {s['plain_tokens_per_s']:.1f} tokens/s via generate; "
                   f"acceptance {s['acceptance_rate']:.2f}; output identical: {s['identical']}")
             eff = dict(base)
-            eff["speedup"] = {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None}
+            eff["speedup"] = {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None,
+                              "decode_interval": s["decode_interval"]}
             rows.append((name, eff, base_disk, f"acc {s['acceptance_rate']:.2f}, identical={s['identical']}, "
                                                f"{took:.0f}s"))
             continue
-        eff = measure_efficiency(result.model, tok, baseline=base, **kw)
+        eff = measure_efficiency(result.model, tok, base=base_model, **kw)  # rounds interleaved with the base's
         with tempfile.TemporaryDirectory() as tmp:
             out = save_compressed(result, tok, Path(tmp) / name, base=args.model)
             disk = disk_bytes(out)
@@ -84,7 +89,8 @@ def main() -> None:
             v = result.record["valid_mse"]
             note += f", span {result.record['span']}, valid MSE {v['remove_span']:.3g} -> {v['trained']:.3g}"
         rows.append((name, eff, disk, note))
-        print(f"{name}: decode {eff['speedup']['decode']:.2f}x, weights "
+        iv = eff["speedup"]["decode_interval"]
+        print(f"{name}: decode {fmt_speedup(eff['speedup']['decode'], iv)} ({speed_verdict(iv)}), weights "
               f"{eff['memory']['weights_bytes'] / base['memory']['weights_bytes']:.2f}x base; {note}", flush=True)
 
     print(f"\n{args.model}, budget {args.ratio} of the layers; {base['threads']} threads; medians of {args.repeats}")

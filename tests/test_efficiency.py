@@ -91,7 +91,50 @@ def test_bench_cli(tiny_model_dir, tmp_path, capsys):
                  "--new-tokens", "4", "--repeats", "2", "--baseline", str(out), "--out", str(pruned)]) == 0
     data = json.loads(pruned.read_text())
     assert data["num_layers"] == 3 and data["skipped_layers"] == [0, 1, 2] and "speedup" in data
+    assert data["speedup"]["decode_interval"]["paired"] and len(data["base_rounds"]["decode_tokens_per_s_all"]) == 2
     assert "decode speedup" in capsys.readouterr().out
     assert main(["bench", "--model", str(tiny_model_dir), "--repeats", "0"]) == 2
     assert main(["bench", "--model", str(tiny_model_dir), "--layers", "9"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_base_timed_alongside_gives_a_paired_interval(model, monkeypatch):
+    """The base is timed in the same call, rounds alternating; the interval comes from those rounds (by hand:
+    3 against 3, the ends are min cell / max base and max cell / min base)."""
+    from prunescope.speed import speed_verdict
+    from prunescope.study import efficiency
+
+    seen, clocks = [], {8: iter([(0.02, 1.0), (0.02, 1.0), (0.02, 1.1), (0.02, 1.2)]),
+                        2: iter([(0.01, 0.5), (0.01, 0.5), (0.01, 0.55), (0.01, 0.6)])}
+
+    def fake(m, *a, **k):
+        layers = m.config.num_hidden_layers
+        seen.append("base" if layers == 8 else "cell")
+        return next(clocks[layers])
+
+    monkeypatch.setattr(efficiency, "_one_round", fake)
+    r = measure_efficiency(lambda: skip_layers(model, layers=[2, 3, 4, 5, 6, 7]), make_tokenizer(), prompt_tokens=12,
+                           new_tokens=6, repeats=3, warmup=1, base=model)
+    assert seen == ["cell", "base", "cell", "base", "base", "cell", "cell", "base"]  # warm-up, then alternating
+    assert len(model.model.layers) == 8 and r["num_layers"] == 2  # the skip was undone after each round
+    assert r["base_rounds"]["decode_tokens_per_s_all"] == pytest.approx([6.0, 6 / 1.1, 5.0])
+    iv = r["speedup"]["decode_interval"]
+    assert iv["paired"] and (iv["lo"], iv["hi"]) == pytest.approx((10.0 / 6.0, 12.0 / 5.0))
+    assert r["speedup"]["decode"] == pytest.approx((6 / 0.55) / (6 / 1.1)) and speed_verdict(iv) == "faster"
+    assert r["speedup"]["layer_ratio"] == 4.0 and r["speedup"]["prefill_interval"]["lo"] == pytest.approx(2.0)
+    json.dumps(r)
+
+
+def test_baseline_from_another_call_gives_no_claim(model, monkeypatch):
+    from prunescope.speed import speed_verdict
+    from prunescope.study import efficiency
+
+    rounds = iter([(0.01, 1.0)] * 3 + [(0.01, 0.1)] * 3)
+    monkeypatch.setattr(efficiency, "_one_round", lambda *a, **k: next(rounds))
+    base = measure_efficiency(model, make_tokenizer(), prompt_tokens=12, new_tokens=6, repeats=3, warmup=0)
+    with skip_layers(model, layers=[0, 1]):
+        cell = measure_efficiency(model, make_tokenizer(), prompt_tokens=12, new_tokens=6, repeats=3, warmup=0,
+                                  baseline=base)
+    iv = cell["speedup"]["decode_interval"]
+    assert iv["lo"] == pytest.approx(10.0) and not iv["paired"]  # ten times faster, but timed apart
+    assert speed_verdict(iv) == "not distinguishable"

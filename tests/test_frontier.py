@@ -69,6 +69,7 @@ def test_study_with_methods_axis_writes_method_rows_and_the_frontier(tiny_model_
     for name in ("method-merge-r0.3", "method-width-r0.3", "method-quant-int8", "method-speculative-r0.3"):
         eff = json.loads((run / "cells" / name / "efficiency.json").read_text())
         assert eff["speedup"]["decode"] > 0
+        assert eff["speedup"]["decode_interval"]["paired"]  # the base timed alongside (or plain vs assisted)
     assert (run / "figures" / "frontier_methods.png").is_file()
     # a method whose criterion the study already scored takes that removal; another scores on the study's calibration
     depth_meta = json.loads((run / "cells" / "method-depth-r0.3" / "prunescope.json").read_text())

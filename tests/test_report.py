@@ -70,7 +70,10 @@ def make_run(root, *, with_optional: bool = True, n: int = 50):
             _write(cell / "metrics.json", _metrics(1 - 0.2 * ratio - 0.05 * ci, 1 - 1.2 * ratio, n=n, folder=cell))
             if with_optional:
                 speed = {"decode": L / (L - k) * 0.9, "prefill": L / (L - k), "ideal": L / (L - k) * 0.95,
-                         "layer_ratio": L / (L - k), "parameters": 1.2, "of_ideal": 0.9}
+                         "layer_ratio": L / (L - k), "parameters": 1.2, "of_ideal": 0.9,
+                         # rank intervals over paired rounds: at 25% every round beat the base's; at 50% they overlap
+                         "decode_interval": {"lo": 1.1, "hi": 1.3, "level": 0.9, "paired": True} if ratio == 0.25
+                         else {"lo": 0.95, "hi": 2.4, "level": 0.9, "paired": True}}
                 _write(cell / "efficiency.json", {**eff, "num_layers": L - k, "speedup": speed})
             if ratio == 0.25:
                 _write(cell / "recovery-lora/metrics.json", _metrics(0.99, 0.85, n=n, folder=cell / "recovery-lora"))
@@ -186,6 +189,14 @@ def test_report_from_artifacts_alone(built):
     assert {r["recovery_data"] for r in csv_rows if r["recovery"] == "lora"} == {"general recovery: self-instruct"}
     assert {r["recovery_data"] for r in csv_rows if r["recovery"] == "none"} == {""}
     assert "| lora (general recovery: self-instruct) |" in md
+    # speed claims follow the speedup's interval: the 50% cut's rounds overlap the base's, the 25% cut's do not
+    assert ("Keeping 4 of 8 layers is not distinguishable from the base's decode speed on this machine "
+            "(1.80x [0.95, 2.40];") in md
+    assert "| 1.20x [1.10, 1.30] faster |" in md and "| 1.80x [0.95, 2.40] |" in md
+    verdicts = {(r["criterion"], r["ratio"], r["recovery"]): r["speed_verdict"] for r in csv_rows}
+    assert verdicts[("reverse", "0.25", "none")] == "faster" and verdicts[("none", "0", "none")] == ""
+    assert verdicts[("reverse", "0.5", "none")] == "not distinguishable"
+    assert {r["decode_speedup_lo"] for r in csv_rows if r["ratio"] == "0.25" and r["recovery"] == "none"} == {"1.1"}
     # findings in words, computed from the numbers. At 25% removed the MC task keeps (38-12.5)/(40-12.5) = 93%
     # (reverse) and (36-12.5)/(40-12.5) = 85% (block_influence) above chance; generation (21/30 + 32/45) / 2 = 71%
     assert ("Removing 25% of layers (2 of 8) keeps 85%-93% of classification accuracy above chance and 71% of "
@@ -271,31 +282,86 @@ def test_summary_table(built):
     assert "93% [" in row and "71% [" in row and "generation kept less" in row
     for ratio in ("0.25", "0.5"):  # one best cell per kind and ratio
         assert sum(line.count("]*") for line in lines if f" r={ratio}" in line) == 2
-    assert row.rstrip().endswith(f"{8 / 6 * 0.9:.2f}x")
+    assert row.rstrip().endswith(f"{8 / 6 * 0.9:.2f}x [1.10, 1.30]")
     assert any(line.startswith("block_influence r=0.25 +lora") for line in lines)
+
+
+def _speed(cell_rounds, base_rounds):
+    """A point's speed fields as frontier_points reads them from an efficiency.json with paired rounds."""
+    from prunescope.report.frontier import speed_fields
+    from prunescope.speed import ratio_interval
+    iv = ratio_interval(cell_rounds, base_rounds, paired=True)
+    return speed_fields({"speedup": {"decode": iv["ratio"], "decode_interval": iv}})
+
+
+BASE_ROUNDS = [10.0, 10.2, 10.4]
+FASTER = _speed([11.0, 11.2, 11.5], BASE_ROUNDS)  # every round above every base round: 1.10x [11/10.4, 11.5/10]
+SLOWER = _speed([8.0, 8.5, 9.0], BASE_ROUNDS)
+OVERLAP = _speed([9.0, 13.0, 14.0], BASE_ROUNDS)  # median 1.27x, yet one round below every base round
+
+
+def pt(label, method, kind, r, lo, hi, speed=None, mem=0.8):
+    return {"label": label, "method": method, "kind": kind, "retention": r, "lo": lo, "hi": hi,
+            "memory": mem, **(speed or FASTER)}
 
 
 def test_methods_are_compared_with_depth_only_when_intervals_separate():
     from prunescope.report.methods_section import compare_with_depth, methods_section
-
-    def pt(label, method, kind, r, lo, hi, speed=1.2, mem=0.8):
-        return {"label": label, "method": method, "kind": kind, "retention": r, "lo": lo, "hi": hi,
-                "decode_speedup": speed, "memory": mem}
 
     depth = [pt("reverse r=0.2", "depth", "generate", 0.10, 0.00, 0.20),
              pt("block_influence r=0.2", "depth", "generate", 0.15, 0.05, 0.30)]
     assert compare_with_depth(pt("w", "width", "generate", 0.45, 0.31, 0.55), depth) == "more"
     assert compare_with_depth(pt("w", "width", "generate", 0.45, 0.29, 0.55), depth) == "not distinguishable"
     assert compare_with_depth(pt("w", "width", "generate", -0.3, -0.4, -0.01), depth) == "less"
-    points = depth + [pt("merge r=0.2", "merge", "generate", 1.0, 1.0, 1.0, speed=0.99, mem=1.0),
-                      pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55, speed=1.1, mem=0.84)]
+    points = depth + [pt("merge r=0.2", "merge", "generate", 1.0, 1.0, 1.0, speed=OVERLAP, mem=1.0),
+                      pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55, mem=0.84),
+                      pt("quant-int8", "quant", "generate", 0.9, 0.8, 1.0, speed=SLOWER, mem=0.3)]
     metas = {"merge r=0.2": {"method": "merge", "merges": [], "settings": {"threshold": 0.45}}}
     findings, table = methods_section(points, metas)
-    assert [row[0] for row in table] == ["merge r=0.2", "width r=0.2"]  # depth rows stay in the headline
-    assert "the model is unchanged" in table[0][-1] and table[1][3:5] == ["1.10x", "0.84x"]
+    assert [row[0] for row in table] == ["merge r=0.2", "width r=0.2", "quant-int8"]  # depth rows stay in the headline
+    assert "the model is unchanged" in table[0][-1] and table[1][3:5] == ["1.10x [1.06, 1.15]", "0.84x"]
+    assert table[0][3] == "1.27x [0.87, 1.40]"
     assert "generative 45% [31%, 55%] (more than every depth criterion)" in findings[1]
-    # the fastest options: width keeps the most generation among them, none keeps all of it; merge is slower
-    assert any(f.startswith("Of the options that decode faster than the base, width r=0.2 keeps the most generative")
-               and "none of them keeps all of it" in f for f in findings)
-    assert findings[-1] == "Slower than the base here: merge r=0.2 (decode speed measured on this machine)."
+    assert "(faster)" in findings[1] and "(not distinguishable from the base's speed on this machine)" in findings[0]
+    # merge's median is above the base's and it keeps the most, but its rounds overlap the base's: it is not
+    # among the faster options, so width (interval above every other faster option's) keeps the most among them
+    assert any(f.startswith("Of the options that decode measurably faster than the base, width r=0.2 keeps the "
+                            "most generative") and "none of them keeps all of it" in f for f in findings)
+    assert "Slower than the base here: quant-int8 (decode speed measured on this machine)." in findings
+    assert any(f.startswith("Decode speed not distinguishable from the base's speed on this machine: merge r=0.2")
+               for f in findings)
     assert methods_section(depth, {}) == ([], [])
+
+
+def test_fastest_option_is_named_only_when_its_retention_separates():
+    from prunescope.report.methods_section import methods_section
+
+    points = [pt("reverse r=0.2", "depth", "generate", 0.10, 0.00, 0.35),
+              pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55)]
+    findings, _ = methods_section(points, {})
+    assert any("the data cannot say which keeps the most generative accuracy above chance: their intervals overlap"
+               in f for f in findings)
+    assert not any("keeps the most" in f and "cannot" not in f for f in findings)
+    # an efficiency.json written before intervals (no rounds): no speed claim either way
+    old = {"decode_speedup": 1.5, "speed_lo": None, "speed_hi": None, "speed_paired": False,
+           "speed": "not distinguishable"}
+    findings, table = methods_section([pt("width r=0.2", "width", "generate", 0.45, 0.31, 0.55, speed=old)], {})
+    assert table[0][3] == "1.50x" and "measurably faster" not in " ".join(findings)
+    assert any(f.startswith("No speed claim for width r=0.2: no interval") for f in findings)
+
+def test_efficiency_files_without_rounds_make_no_speed_claim(tmp_path):
+    """An efficiency.json written before intervals (no rounds, no decode_interval) still reads; its speedup is
+    printed bare and never called faster, though the point value is far above 1."""
+    run = make_run(tmp_path / "run")
+    for path in run.glob("cells/*/efficiency.json"):
+        data = json.loads(path.read_text())
+        del data["speedup"]["decode_interval"]
+        path.write_text(json.dumps(data))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "Keeping 4 of 8 layers is not distinguishable from the base's decode speed on this machine (1.80x;" in md
+    table = [line for line in md.split("### Efficiency")[1].splitlines() if line.startswith("| reverse")]
+    assert table and all("faster" not in line for line in table) and any("| 1.20x |" in line for line in table)
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert {r["speed_verdict"] for r in rows if r["criterion"] != "none" and r["recovery"] == "none"} == {"not distinguishable"}
+    assert {r["decode_speedup_lo"] for r in rows} == {""}

@@ -79,6 +79,10 @@ def test_study_writes_every_artifact(finished_run):
             assert len(meta["removed_layers"]) == k and meta["num_layers_after"] == 6 - k
             eff = json.loads((cell / "efficiency.json").read_text())
             assert eff["num_layers"] == 6 - k and eff["speedup"]["ideal"] > 1
+            # the base timed again alongside, its rounds kept; 2 rounds of each are too few for an interval
+            assert len(eff["base_rounds"]["decode_tokens_per_s_all"]) == 2
+            iv = eff["speedup"]["decode_interval"]
+            assert iv["paired"] and iv["rounds"] == [2, 2] and iv["lo"] is None
     assert json.loads((run / "cells/reverse-r0.5/prunescope.json").read_text())["removed_layers"] == [3, 4, 5]
     assert not list(run.rglob(".pending"))
     rec = run / "cells/block_influence-r0.5/recovery-lora"

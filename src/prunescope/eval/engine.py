@@ -354,3 +354,56 @@ def _generate_cluster(model, tokenizer, encoded, cluster: shared.Cluster, output
         return sum(len(encoded[i]) - p + new_tokens.get(i, max_new_tokens) for i in batch)
 
     run_batches(members, sizer, run, tokens, on_done=bar.update)
+
+
+def score_and_generate(model, tokenizer, items: list[tuple[str, list[str]]], *, max_new_tokens: int,
+                       stop: list[str] | None = None, settled: Callable[[int, str], bool] | None = None,
+                       batch_size: int | str = "auto", progress: bool = False,
+                       desc: str = "score and generate") -> tuple[list[list[float]], list[str]] | None:
+    """``score_choices`` and ``generate`` on the same contexts with one pass over each context
+    (``prunescope.eval.joint``); the results equal the two calls'. None when that cannot be done exactly
+    (windowed attention, a choice that changes how its context tokenizes, a context that would be
+    truncated): the caller then makes the two calls."""
+    from prunescope.eval.joint import score_and_generate_batch
+
+    if shared.windowed_attention(model):
+        return None
+    groups: list[tuple[list[int], list[list[int]]]] = []
+    for context, choices in items:
+        pairs = [encode_pair(tokenizer, context, c) for c in choices]
+        ctx = pairs[0][0] if pairs else []
+        if not context or not ctx or any(p[0] != ctx or not p[1] for p in pairs) or ctx != encode(tokenizer, context):
+            return None
+        groups.append((ctx, [p[1] for p in pairs]))
+    max_len = _max_length(model)
+    if max_len and any(len(c) + max(max_new_tokens, *map(len, conts)) > max_len for c, conts in groups):
+        return None
+    stop, eos, pad = list(stop or []), _eos_ids(model, tokenizer), pad_id(tokenizer)
+    scores: list[list[float]] = [[] for _ in groups]
+    outputs = [""] * len(groups)
+    sizer = _sizer(model, batch_size, "score_and_generate")
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+    for cluster in shared.find_clusters([g[0] for g in groups]):
+        try:
+            prefix_cache = shared.run_prefix(model, cluster.prefix)
+        except shared.Unshareable:
+            return None
+        p = len(cluster.prefix)
+
+        def run(batch: list[int]) -> None:
+            done = None if settled is None else (lambda row, text: settled(batch[row], text))
+            s, t = score_and_generate_batch(model, tokenizer, prefix_cache, p, [groups[i] for i in batch], pad,
+                                            max_new_tokens=max_new_tokens, stop=stop, eos=eos, settled=done)
+            for i, si, ti in zip(batch, s, t):
+                scores[i], outputs[i] = si, ti
+
+        def tokens(batch: list[int]) -> int:
+            return sum(len(groups[i][0]) - p + sum(map(len, groups[i][1])) for i in batch)
+
+        try:
+            run_batches(sorted(cluster.members, key=lambda i: -len(groups[i][0])), sizer, run, tokens,
+                        on_done=bar.update)
+        except shared.Unshareable:
+            return None
+    bar.close()
+    return scores, outputs

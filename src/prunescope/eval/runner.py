@@ -37,6 +37,56 @@ class HFBackend:
         return engine.generate(self.model, self.tokenizer, prompts, **kw)
 
 
+class _Answered:
+    """A backend that answers from results already computed: a matched pair's shared pass over its contexts
+    (``engine.score_and_generate``), handed to each task of the pair in turn."""
+
+    def __init__(self, scores, outputs, seconds: float, partner: str):
+        self.scores, self.outputs, self.seconds, self.partner = scores, outputs, seconds, partner
+
+    def score_choices(self, items, **_):
+        return self.scores
+
+    def generate(self, prompts, **_):
+        return self.outputs
+
+
+def _shared_passes(model, tokenizer, tasks: list[Task], *, limit, seed, batch_size, chat, progress,
+                   full_outputs) -> dict[str, _Answered]:
+    """Matched pairs among ``tasks`` whose items render the same contexts, each evaluated in one pass over
+    those contexts: ``{task name: answers}`` for both tasks of each pair (pairs that cannot share are left
+    out and evaluate on their own)."""
+    by_name = {t.name: t for t in tasks}
+    answered: dict[str, _Answered] = {}
+    for mc in tasks:
+        gen = by_name.get(mc.pair or "")
+        if (mc.kind != "multiple_choice" or gen is None or gen.kind != "generate" or not (mc.matched and gen.matched)
+                or mc.evaluate_fn or gen.evaluate_fn or mc.name in answered):
+            continue
+        mc_items, gen_items = mc.items(limit, seed=seed, split="eval"), gen.items(limit, seed=seed, split="eval")
+        contexts = [mc.render(it, tokenizer, chat=chat) for it in mc_items]
+        if ([it.id for it in mc_items] != [it.id for it in gen_items]
+                or contexts != [gen.render(it, tokenizer, chat=chat) for it in gen_items]):
+            continue
+        from prunescope.tasks.rules import token_prefix_problems
+        problems = token_prefix_problems(mc, mc_items, tokenizer, chat=chat)
+        if problems:
+            raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
+        settled = None
+        if gen.settled is not None and not full_outputs:
+            settled = lambda i, text, g=gen, its=gen_items: g.settled(its[i], text)  # noqa: E731
+        start = time.perf_counter()
+        result = engine.score_and_generate(model, tokenizer, [(c, it.choices) for c, it in zip(contexts, mc_items)],
+                                           max_new_tokens=gen.max_new_tokens, stop=gen.stop, settled=settled,
+                                           batch_size=batch_size, progress=progress, desc=f"{mc.name} + {gen.name}")
+        if result is None:
+            continue
+        half = (time.perf_counter() - start) / 2
+        answered[mc.name] = _Answered(result[0], None, half, gen.name)
+        answered[gen.name] = _Answered(None, result[1], half, mc.name)
+    return answered
+
+
 def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, chat, progress):
     contexts = [task.render(it, tokenizer, chat=chat) for it in items]
     scores = backend.score_choices([(c, it.choices) for c, it in zip(contexts, items)],
@@ -117,7 +167,11 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, see
     if task.pair:
         metrics["pair"] = {"task": task.pair, "matched": task.matched}
     metrics["bos"] = adds_bos(tokenizer)
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    seconds = time.perf_counter() - start
+    if isinstance(backend, _Answered):  # half of the pass it shared with its partner
+        seconds += backend.seconds
+        metrics["shared_pass"] = backend.partner
+    metrics["seconds"] = round(seconds, 3)
     return metrics, samples
 
 
@@ -150,9 +204,14 @@ def evaluate(model, tokenizer, tasks: list[str | Task], *, limit: int | None = N
         model.eval()
     results: dict[str, Any] = {}
     all_samples: list[dict[str, Any]] = []
+    answered = {}
+    if backend is None and model is not None:  # the HF engine runs a matched pair's contexts once
+        answered = _shared_passes(model, tokenizer, resolved, limit=limit, seed=seed, batch_size=batch_size,
+                                  chat=chat, progress=progress, full_outputs=full_outputs)
     for task in resolved:
         metrics, samples = evaluate_task(model, tokenizer, task, limit=limit, seed=seed, batch_size=batch_size,
-                                         chat=chat, progress=progress, backend=backend, full_outputs=full_outputs)
+                                         chat=chat, progress=progress, backend=answered.get(task.name, backend),
+                                         full_outputs=full_outputs)
         results[task.name] = metrics
         all_samples += samples
     if baseline is not None:

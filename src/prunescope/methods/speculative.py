@@ -150,9 +150,13 @@ def speculative(model, tokenizer, *, ratio, calib, settings, seed, scoring=None)
 def measure_speculative(model, draft, tokenizer, prompts: list[str], *, new_tokens: int = 32, repeats: int = 3,
                         warmup: int = 1) -> dict:
     """Decode speed of assisted generation against plain greedy ``generate`` on the same prompts, both through
-    ``generate`` so the harness is the same: median tokens/s over ``repeats`` rounds (after ``warmup``), the
-    acceptance rate, and whether every assisted output equals the plain one."""
+    ``generate`` so the harness is the same: median tokens/s over ``repeats`` rounds (after ``warmup``), each
+    round's rates (``plain_all``, ``assisted_all``), the speedup's rank interval over them (``decode_interval``,
+    ``prunescope.speed``; paired: the two arms alternate within every round), the acceptance rate, and whether
+    every assisted output equals the plain one."""
     import statistics
+
+    from prunescope.speed import ratio_interval
 
     device = next(model.parameters()).device
     encoded = [tokenizer(p, return_tensors="pt").input_ids.to(device) for p in prompts]
@@ -160,7 +164,8 @@ def measure_speculative(model, draft, tokenizer, prompts: list[str], *, new_toke
     accepted = proposed = 0
     identical = True
     for r in range(warmup + repeats):
-        for assisted in (False, True):
+        round_outs = {}
+        for assisted in (False, True) if r % 2 == 0 else (True, False):  # alternate: a drift in load cancels
             seconds, outs = 0.0, []
             for ids in encoded:
                 out, stats = generate_both(model, draft, ids, max_new_tokens=new_tokens, assisted=assisted)
@@ -171,11 +176,11 @@ def measure_speculative(model, draft, tokenizer, prompts: list[str], *, new_toke
                     proposed += stats["draft_calls"]
             if r >= warmup:
                 rates[assisted].append(sum(len(o) for o in outs) / seconds)
-            if assisted:
-                identical &= outs == plain_outs
-            else:
-                plain_outs = outs
+            round_outs[assisted] = outs
+        identical &= round_outs[True] == round_outs[False]
     plain, spec = statistics.median(rates[False]), statistics.median(rates[True])
     return {"plain_tokens_per_s": plain, "assisted_tokens_per_s": spec, "decode_speedup": spec / plain,
+            "plain_all": rates[False], "assisted_all": rates[True],
+            "decode_interval": ratio_interval(rates[True], rates[False], paired=True),
             "acceptance_rate": accepted / proposed if proposed else None, "identical": identical,
             "prompts": len(prompts), "new_tokens": new_tokens, "repeats": repeats}

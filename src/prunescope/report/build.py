@@ -10,12 +10,12 @@ from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
 from prunescope.report.methods_section import TABLE_HEADERS, methods_section
-from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_pct, kind_label, ordered,
+from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_num, fmt_pct, kind_label, ordered,
                                       read_results_csv, spearman, study_info, write_results_csv)
 
 
 def _f(x, digits: int = 3) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return fmt_num(x, f".{digits}f")
 
 
 def _p(x) -> str:
@@ -143,7 +143,8 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
     if efficiency and any("speedup" in e for e in efficiency.values()):
         figures.frontier_figure(rows, efficiency, criteria=criteria, methods=methods, target=target,
                                 path=fig_dir / "frontier.png")
-        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars); one marker "
+        figs.append(("figures/frontier.png", "Measured decode speedup against chance-adjusted retention per task kind (95% bars; horizontal: "
+                     "the speedup's 90% rank interval over rounds timed alongside the base); one marker "
                      "per criterion, open markers after recovery; dotted verticals: ideal speedups from the FLOP "
                      "share of the removed blocks."))
 
@@ -151,7 +152,8 @@ def build_report(run_dir: str | Path, *, retention_target: float | None = None) 
         from prunescope.report.frontier import frontier_points, plot_frontier
         if plot_frontier(frontier_points(run_dir), fig_dir / "frontier_methods.png"):
             figs.append(("figures/frontier_methods.png", "Compression methods at measured cost: chance-adjusted "
-                         "retention (95% bars) against decode speedup (left) and weight memory (right), relative to "
+                         "retention (95% bars) against decode speedup (left; horizontal bars: its 90% rank interval over "
+                         "rounds timed alongside the base) and weight memory (right), relative to "
                          "the base; one marker per method and setting, dashed: the Pareto front."))
 
     doc = Doc(f"prunescope study: {cfg.get('name', run_dir.name)}")
@@ -205,7 +207,11 @@ HOW_TO_READ = (
     "the pruned model answered the same items, so each resample draws items once for both, and the interval "
     "includes the base model's own uncertainty. The gap is classification minus generation mean adjusted "
     "retention in one cell; a cell is called 'generation kept less' or 'classification kept less' only when "
-    "the gap's interval excludes 0, otherwise 'not distinguishable'.")
+    "the gap's interval excludes 0, otherwise 'not distinguishable'. Speed follows the same rule: the base is "
+    "timed again alongside each cell, rounds interleaved, and a cell decodes 'faster' or 'slower' only when its "
+    "speedup's exact rank interval over the rounds (each side 5%; with 3 rounds of each, every cell round beat, "
+    "or lost to, every base round) excludes 1; otherwise it is not distinguishable from the base's speed on "
+    "this machine.")
 HOW_TO_READ_ABLATION = " The same rule names a layer as critical in the single-layer ablation."
 
 
@@ -277,11 +283,11 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
     if effs:
         doc.heading("Efficiency", 3)
         doc.table(["model", "layers", "parameters (M)", "block params (M)", "peak memory (MiB)", "prefill (ms)",
-                   "decode (tok/s)", "decode speedup", "ideal speedup", "prefill speedup"],
+                   "decode (tok/s)", "decode speedup [90%]", "ideal speedup", "prefill speedup"],
                   [[c if r is None else f"{c} r={r:g}", e["num_layers"], _f(e["parameters"]["total"] / 1e6, 2),
                     _f(e["parameters"]["blocks"] / 1e6, 2), _f(e["memory"]["peak_bytes"] / 2 ** 20, 1),
                     _f(e["prefill_ms"], 1), _f(e["decode_tokens_per_s"], 1),
-                    _f(e.get("speedup", {}).get("decode"), 2) or "1.00", _f(e.get("speedup", {}).get("ideal"), 2) or "1.00",
+                    _decode_speedup(e), _f(e.get("speedup", {}).get("ideal"), 2) or "1.00",
                     _f(e.get("speedup", {}).get("prefill"), 2) or "1.00"] for c, r, e in effs],
                   caption=_efficiency_note(effs[0][2]))
     if agree and len(agree["criteria"]) > 1:
@@ -290,10 +296,8 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
         lookup = {(p["a"], p["b"]): p for p in agree["pairs"]} | {(p["b"], p["a"]): p for p in agree["pairs"]}
         doc.table(["Spearman"] + crits, [[a] + ["1.00" if a == b else _f(lookup[(a, b)]["spearman"], 2) for b in crits]
                                          for a in crits], caption="Rank correlation of the layer scores.")
-        doc.table(["criterion", f"first {k} layers removed (in order)", "removed by every criterion?"],
-                  [[c, " ".join(map(str, removal.get(c, []))),
-                    " ".join("yes" if all(layer in removal.get(o, []) for o in crits) else "no"
-                             for layer in removal.get(c, []))] for c in crits])
+        headers, rows, caption = removal_table(removal, crits, k)
+        doc.table(headers, rows, caption=caption or None)
     if art["ablation"]:
         ab = art["ablation"]
         tasks = list(ab["tasks"])
@@ -303,7 +307,7 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
         def kind_cell(kd, i):
             v = kinds_ab[kd]
             mark = " critical" if v["lo"][i] > 0 else ""
-            return f"{100 * v['drop'][i]:.0f} [{100 * v['lo'][i]:.0f}, {100 * v['hi'][i]:.0f}]{mark}"
+            return f"{_f(100 * v['drop'][i], 0)} [{_f(100 * v['lo'][i], 0)}, {_f(100 * v['hi'][i], 0)}]{mark}"
 
         doc.table(["layer"] + tasks + [f"{kind_label(kd)} mean [95%]" for kd in kinds_ab],
                   [[layer] + [_f(100 * ab["tasks"][t]["drop"][i], 0) for t in tasks] +
@@ -311,6 +315,22 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
                   caption=f"{ab.get('limit')} items per task; base accuracy "
                           + ", ".join(f"{t} {_f(ab['tasks'][t]['base_accuracy'], 2)}" for t in tasks)
                           + ". 'critical': the kind's mean drop has a paired 95% interval above 0.")
+
+
+def removal_table(removal: dict[str, list[int]], crits: list[str], k: int) -> tuple[list[str], list[list[str]], str]:
+    """Headers, rows and caption of the table of each criterion's first ``k`` removals. Whether each layer is
+    removed by every criterion is a column only when the answer varies; a column reading "no no no" in
+    every row says one thing, so it is said once, in the caption."""
+    shared = [[all(layer in removal.get(o, []) for o in crits) for layer in removal.get(c, [])] for c in crits]
+    flat = {x for marks in shared for x in marks}
+    headers = ["criterion", f"first {k} layers removed (in order)"]
+    rows = [[c, " ".join(map(str, removal.get(c, [])))] for c in crits]
+    if len(flat) > 1:
+        return ([*headers, "removed by every criterion?"],
+                [[*row, " ".join("yes" if x else "no" for x in marks)] for row, marks in zip(rows, shared)], "")
+    caption = (f"Every criterion removes the same {k} layers." if flat == {True} else
+               f"No layer is among the first {k} of every criterion.")
+    return headers, rows, caption
 
 
 def _band(x, lo, hi) -> str:
@@ -324,7 +344,17 @@ def _band(x, lo, hi) -> str:
 def _gap(a: dict) -> str:
     if a["gap"] != a["gap"]:
         return "-"
-    return f"{100 * a['gap']:+.0f} pts [{100 * a['gap_lo']:+.0f}, {100 * a['gap_hi']:+.0f}]"
+    return f"{fmt_num(100 * a['gap'], '+.0f')} pts [{fmt_num(100 * a['gap_lo'], '+.0f')}, {fmt_num(100 * a['gap_hi'], '+.0f')}]"
+
+
+def _decode_speedup(e: dict) -> str:
+    """``1.23x [1.05, 1.40] faster``: the measured speedup, its rank interval and what it allows (prunescope.speed)."""
+    from prunescope.speed import decode_interval, fmt_speedup, speed_verdict
+    if "speedup" not in e:
+        return "1.00"  # the base itself
+    iv = decode_interval(e)
+    verdict = speed_verdict(iv)
+    return fmt_speedup(e["speedup"].get("decode"), iv) + ("" if verdict == "not distinguishable" else f" {verdict}")
 
 
 def _efficiency_note(e: dict) -> str:
@@ -332,17 +362,24 @@ def _efficiency_note(e: dict) -> str:
     return (f"Median of {s.get('repeats')} rounds after {s.get('warmup')} warm-up: prefill of {s.get('prompt_tokens')} "
             f"tokens, then {s.get('new_tokens')} greedy tokens from the KV cache, batch {s.get('batch_size')}, "
             f"{e.get('device')} {e.get('dtype')}. Peak memory: {e['memory']['method']}. Cells removing the same number "
-            f"of layers share one measurement. Ideal speedup = FLOPs per token before / after (blocks and LM head).")
+            f"of layers share one measurement. Ideal speedup = FLOPs per token before / after (blocks and LM head). "
+            f"Decode speedup interval: exact rank interval over the rounds, the base timed again alongside each cell "
+            f"with rounds interleaved (each side 5%: with 3 rounds, 'faster' means every cell round beat every base "
+            f"round); 'faster'/'slower' only when it excludes 1.")
 
 
 def _provenance(doc: Doc, art: dict) -> None:
     import yaml
     info = art["info"]
     doc.heading("Provenance")
-    items = [f"started {info.get('started', '?')}, finished {info.get('finished', '?')}"
-             + (f" ({info['seconds']:.0f} s of compute)" if info.get("seconds") else "")]
+    attempts = 1 + len(info.get("resumed") or [])
+    compute = ""
+    if info.get("seconds"):
+        compute = f" ({info['seconds']:.0f} s of compute" + (f", summed over its {attempts} attempts)" if attempts > 1
+                                                             else ")")
+    items = [f"started {info.get('started', '?')}, finished {info.get('finished', '?')}{compute}"]
     if info.get("resumed"):
-        items.append(f"resumed {len(info['resumed'])} time(s): {', '.join(info['resumed'])}")
+        items.append(f"the run was interrupted and resumed {len(info['resumed'])} time(s): {', '.join(info['resumed'])}")
     if info.get("seeds"):
         items.append("seeds: " + ", ".join(f"{k} {v}" for k, v in info["seeds"].items()))
     if info.get("versions"):

@@ -1,19 +1,20 @@
 """Findings in words, computed from the run's numbers (never hand-written).
 
 No sentence is stronger than its interval: "generation kept less" is said of a cell only when the paired
-95% interval of the gap excludes 0; a layer is named as critical only when its drop's interval excludes 0.
+95% interval of the gap excludes 0; a layer is named as critical only when its drop's interval excludes 0;
+a cut decodes "faster" only when its speedup's interval over rounds timed alongside the base excludes 1.
 Retention in findings is chance-adjusted ((accuracy - chance) / (base - chance)).
 """
 from __future__ import annotations
 
 from statistics import mean
 
-from prunescope.report.tables import KINDS, aggregate, baseline_rows, kind_label
+from prunescope.report.tables import KINDS, aggregate, baseline_rows, fmt_num, fmt_pct, kind_label
 from prunescope.stats import CLS_LESS, GEN_LESS, UNCLEAR
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
+    return fmt_pct(x, "n/a")
 
 
 def _span(values: list[float]) -> str:
@@ -74,8 +75,8 @@ def ablation_findings(ablation: dict, kinds: list[str]) -> list[str]:
         names = ", ".join(str(c[0]) for c in sorted(critical))
         out.append(f"Skipping one layer alone: for {kind_label(kind)} tasks, {len(critical)} of "
                    f"{len(ablation['layers'])} layers cost accuracy beyond their 95% interval (layer"
-                   f"{'s' * (len(critical) > 1)} {names}); the largest drop is layer {layer}, {100 * d:.0f} points "
-                   f"[{100 * lo:.0f}, {100 * hi:.0f}] ({n} items per task; about {0.025 * len(ablation['layers']):.1f} "
+                   f"{'s' * (len(critical) > 1)} {names}); the largest drop is layer {layer}, {fmt_num(100 * d, '.0f')} points "
+                   f"[{fmt_num(100 * lo, '.0f')}, {fmt_num(100 * hi, '.0f')}] ({n} items per task; about {0.025 * len(ablation['layers']):.1f} "
                    f"layers would pass by chance alone).")
     return out
 
@@ -207,8 +208,12 @@ def findings(rows: list[dict], *, criteria: list[str], ratios: list[float], meth
     if efficiency:
         measured = [(e["num_layers"], e["speedup"]) for e in efficiency.values() if "speedup" in e]
         if measured:
+            from prunescope.speed import fmt_speedup, speed_verdict
             fewest, s = min(measured, key=lambda m: m[0])
-            out.append(f"Keeping {fewest} of {num_layers} layers decodes {s['decode']:.2f}x as fast as the base "
-                       f"(ideal {s['ideal']:.2f}x after the embedding and head's share; {s['layer_ratio']:.2f}x by "
+            iv = s.get("decode_interval")  # a claim only when its interval over rounds timed alongside excludes 1
+            said = {"faster": "decodes faster than the base", "slower": "decodes slower than the base"}.get(
+                speed_verdict(iv), "is not distinguishable from the base's decode speed on this machine")
+            out.append(f"Keeping {fewest} of {num_layers} layers {said} ({fmt_speedup(s['decode'], iv)}; "
+                       f"ideal {s['ideal']:.2f}x after the embedding and head's share; {s['layer_ratio']:.2f}x by "
                        f"layer count) with {1 - 1 / s['parameters']:.0%} fewer parameters.")
     return out

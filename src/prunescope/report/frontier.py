@@ -1,5 +1,6 @@
 """The compression frontier: chance-adjusted retention against measured decode speedup and memory, one marker
-per method and setting (depth cells included), with 95% intervals and the Pareto front drawn.
+per method and setting (depth cells included), with 95% retention intervals, the speedup's rank interval
+over timed rounds (``prunescope.speed``, at least 90%: each side 5%) and the Pareto front drawn.
 
 Read from a run folder only: retention from results.csv's aggregates, speed and memory from each cell's
 ``efficiency.json`` (relative to ``baseline/efficiency.json``).
@@ -34,9 +35,19 @@ def frontier_points(run_dir: str | Path) -> list[dict]:
                 continue
             points.append({"label": f"{crit} r={ratio:g}" if ratio else crit, "method": meta.get("method", "depth"),
                            "kind": kind, "retention": a["retention"], "lo": a["lo"], "hi": a["hi"],
-                           "decode_speedup": eff["speedup"]["decode"],
+                           **speed_fields(eff),
                            "memory": eff["memory"]["weights_bytes"] / base_w})
     return points
+
+
+def speed_fields(eff: dict) -> dict:
+    """A cell's decode speedup with its interval's ends and the verdict ``prunescope.speed`` allows (an
+    efficiency.json without rounds or a paired base: no interval, no claim)."""
+    from prunescope.speed import decode_interval, speed_verdict
+    iv = decode_interval(eff)
+    return {"decode_speedup": eff["speedup"]["decode"], "speed_lo": (iv or {}).get("lo"),
+            "speed_hi": (iv or {}).get("hi"), "speed_level": (iv or {}).get("level"),
+            "speed_paired": bool((iv or {}).get("paired")), "speed": speed_verdict(iv)}
 
 
 def pareto(points: list[dict], x: str, larger_x_better: bool) -> list[dict]:
@@ -46,6 +57,20 @@ def pareto(points: list[dict], x: str, larger_x_better: bool) -> list[dict]:
         sign * q[x] >= sign * p[x] and q["retention"] >= p["retention"]
         and (sign * q[x] > sign * p[x] or q["retention"] > p["retention"]) for q in points)]
     return sorted(front, key=lambda p: p[x])
+
+
+def merge_coincident(points: list[dict], x: str) -> list[dict]:
+    """Points at the same place (x and retention with its interval, to 3 decimals) as one point whose label
+    joins theirs with " = ", e.g. the base and a lossless speculative cell both at 1.0x, 100%."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        key = tuple(round(float(v), 3) if v == v else None for v in (p[x], p["retention"], p["lo"], p["hi"]))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for group in groups.values():
+        first = next((p for p in group if p["method"] == "base"), group[0])
+        out.append({**first, "label": " = ".join([first["label"]] + [p["label"] for p in group if p is not first])})
+    return out
 
 
 def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
@@ -68,12 +93,15 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
                                                            "decode_speedup": 1.0, "memory": 1.0}]
         for c, (x, xlabel, larger) in enumerate(PANELS):
             ax = axes[r][c]
-            for p in pts:
+            for p in merge_coincident(pts, x):
                 color = "black" if p["method"] == "base" else colors[p["method"]]
                 lo = p["lo"] if p["lo"] == p["lo"] else p["retention"]
                 hi = p["hi"] if p["hi"] == p["hi"] else p["retention"]
-                ax.errorbar(p[x], p["retention"], yerr=[[p["retention"] - lo], [hi - p["retention"]]], fmt="o",
-                            color=color, capsize=3)
+                xerr = None  # the speedup's rank interval over timed rounds, where the cell has one
+                if x == "decode_speedup" and p.get("speed_lo") is not None:
+                    xerr = [[max(0.0, p[x] - p["speed_lo"])], [max(0.0, p["speed_hi"] - p[x])]]
+                ax.errorbar(p[x], p["retention"], yerr=[[p["retention"] - lo], [hi - p["retention"]]], xerr=xerr,
+                            fmt="o", color=color, capsize=3)
                 ax.annotate(p["label"], (p[x], p["retention"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             front = pareto(pts, x, larger)
             ax.plot([p[x] for p in front], [p["retention"] for p in front], "--", color="grey", lw=1)
@@ -81,7 +109,8 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
             ax.set_ylabel(f"{kind_label(kind)} retention (chance-adj.)")
             ax.axhline(1.0, color="grey", lw=0.5)
             ax.grid(alpha=0.3)
-    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front)")
+    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front; "
+                 "'a = b': one marker for settings measured the same)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

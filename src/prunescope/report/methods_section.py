@@ -5,10 +5,16 @@ speculative, ...) is a different way of spending the same budget, so it gets its
 retention of each kind with its interval next to the measured decode speedup and weight memory. A method
 is said to keep more (or less) of a kind than depth pruning only when its interval lies wholly above (or
 below) the intervals of every depth-pruning criterion at that budget; otherwise the data cannot separate them.
+Speed claims follow the same rule: an option is "faster" or "slower" than the base only when its speedup's
+rank interval over rounds timed alongside the base excludes 1 (``prunescope.speed``); otherwise it is not
+distinguishable from the base's speed on this machine.
 """
 from __future__ import annotations
 
 from prunescope.report.tables import KIND_LABEL, fmt_pct
+from prunescope.speed import fmt_speedup
+
+SAME_SPEED = "not distinguishable from the base's speed on this machine"
 
 DEPTH = ("depth", "none")
 
@@ -62,31 +68,62 @@ def methods_section(points: list[dict], metas: dict[str, dict]) -> tuple[list[st
                     "not distinguishable": "not distinguishable from depth pruning"}[verdict]
             parts.append(f"{KIND_LABEL[kind]} {_band(p)} ({said})")
         note = _notes(metas.get(label, {}))
-        row += [f"{first['decode_speedup']:.2f}x", f"{first['memory']:.2f}x", note or "-"]
+        row += [_speed(first), f"{first['memory']:.2f}x", note or "-"]
         table.append(row)
         findings.append(f"{label}: keeps {' and '.join(parts)} of the accuracy above chance; decodes "
-                        f"{first['decode_speedup']:.2f}x as fast as the base with {first['memory']:.2f}x its weight "
-                        f"memory" + (f"; {note}" if note else "") + ".")
+                        f"{_speed(first)} as fast as the base ({_speed_word(first)}) with {first['memory']:.2f}x "
+                        f"its weight memory" + (f"; {note}" if note else "") + ".")
     findings += _speed_finding(points)
     return findings, table
 
 
+def _speed(p: dict) -> str:
+    """``1.23x [1.05, 1.40]``: the point's decode speedup with its rank interval, where it has one."""
+    iv = {"lo": p["speed_lo"], "hi": p["speed_hi"]} if p.get("speed_lo") is not None else None
+    return fmt_speedup(p["decode_speedup"], iv)
+
+
+def _speed_word(p: dict) -> str:
+    return {"faster": "faster", "slower": "slower"}.get(p.get("speed"), SAME_SPEED)
+
+
 def _speed_finding(points: list[dict]) -> list[str]:
-    """Which faster-than-base option keeps the most of each kind, and what decodes slower than the base."""
+    """Which faster-than-base option keeps the most of each kind, and what decodes slower than the base: an option
+    counts as faster (slower) only when its speedup interval excludes 1, and is named as keeping the most only
+    when its retention interval lies above every other faster option's."""
     out = []
     for kind in ("generate", "multiple_choice"):
-        faster = [p for p in points if p["kind"] == kind and p["decode_speedup"] > 1.0 and p["retention"] == p["retention"]]
-        if faster:
-            best = max(faster, key=lambda p: p["retention"])
-            whole = "; none of them keeps all of it" if all(p["hi"] < 1.0 for p in faster) else ""
-            out.append(f"Of the options that decode faster than the base, {best['label']} keeps the most "
-                       f"{KIND_LABEL[kind]} accuracy above chance ({_band(best)}, {best['decode_speedup']:.2f}x)"
+        faster = [p for p in points if p["kind"] == kind and p.get("speed") == "faster" and p["retention"] == p["retention"]]
+        if not faster:
+            continue
+        best = max(faster, key=lambda p: p["retention"])
+        others = [p for p in faster if p["label"] != best["label"]]
+        whole = "; none of them keeps all of it" if all(p["hi"] < 1.0 for p in faster) else ""
+        if not others:
+            out.append(f"Only {best['label']} decodes measurably faster than the base ({_speed(best)}); it keeps "
+                       f"{_band(best)} of {KIND_LABEL[kind]} accuracy above chance.")
+        elif best["lo"] == best["lo"] and all(best["lo"] > p["hi"] for p in others):
+            out.append(f"Of the options that decode measurably faster than the base, {best['label']} keeps the most "
+                       f"{KIND_LABEL[kind]} accuracy above chance ({_band(best)}, {_speed(best)}){whole}.")
+        else:
+            names = ", ".join(sorted({p["label"] for p in faster}))
+            out.append(f"Of the options that decode measurably faster than the base ({names}), the data cannot say "
+                       f"which keeps the most {KIND_LABEL[kind]} accuracy above chance: their intervals overlap"
                        f"{whole}.")
-    slower = sorted({p["label"] for p in points if p["decode_speedup"] < 1.0})
+    slower = sorted({p["label"] for p in points if p.get("speed") == "slower"})
     if slower:
         out.append(f"Slower than the base here: {', '.join(slower)} (decode speed measured on this machine).")
+    unclear = [p for p in points if p.get("speed") not in ("faster", "slower")]
+    spans = sorted({p["label"] for p in unclear if p.get("speed_lo") is not None and p.get("speed_paired", True)})
+    bare = sorted({p["label"] for p in unclear} - set(spans))
+    if spans:
+        out.append(f"Decode speed {SAME_SPEED}: {', '.join(spans)} (the speedup's interval over rounds timed "
+                   f"alongside the base includes 1).")
+    if bare:
+        out.append(f"No speed claim for {', '.join(bare)}: no interval (rounds not timed alongside the base, or "
+                   f"fewer than 3 of each).")
     return out
 
 
-TABLE_HEADERS = ["method", "classification: adjusted [95%]", "generative: adjusted [95%]", "decode speedup",
+TABLE_HEADERS = ["method", "classification: adjusted [95%]", "generative: adjusted [95%]", "decode speedup [90%]",
                  "weight memory", "note"]

@@ -2,11 +2,11 @@
 kind with its 95% interval, the gap's reading and the measured decode speedup."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from prunescope.io import read_json
 from prunescope.report.tables import KINDS, aggregate, fmt_pct, kind_label, read_results_csv
+from prunescope.speed import decode_interval, fmt_speedup
 
 
 def summary_table(run_dir: str | Path) -> str:
@@ -24,7 +24,7 @@ def summary_table(run_dir: str | Path) -> str:
                        if r == ratio and (c, r, rec, kind) in agg]
             if options:
                 best[(kind, ratio)] = max(options, key=lambda o: o[0])[1]
-    head = ["cell", *[f"{kind_label(k)} adj. [95%]" for k in kinds], "gap reading", "decode"]
+    head = ["cell", *[f"{kind_label(k)} adj. [95%]" for k in kinds], "gap reading", "decode [90%]"]
     lines = []
     for c, r, rec in cells:
         name = f"{c} r={r:g}" + ("" if rec == "none" else f" +{rec}")
@@ -35,8 +35,9 @@ def summary_table(run_dir: str | Path) -> str:
             vals.append("-" if a is None else f"{fmt_pct(a['retention'])} [{fmt_pct(a['lo'])}, {fmt_pct(a['hi'])}]{mark}")
         first = next(agg[(c, r, rec, k)] for k in kinds if (c, r, rec, k) in agg)
         eff_path = run_dir / "cells" / f"{c}-r{r:g}" / "efficiency.json"
-        speed = read_json(eff_path).get("speedup", {}).get("decode") if eff_path.is_file() and rec == "none" else None
-        lines.append([name, *vals, first["verdict"] or "-", "-" if speed is None or math.isnan(speed) else f"{speed:.2f}x"])
+        eff = read_json(eff_path) if eff_path.is_file() and rec == "none" else {}
+        speed = (eff.get("speedup") or {}).get("decode")
+        lines.append([name, *vals, first["verdict"] or "-", fmt_speedup(speed, decode_interval(eff))])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cols: "  ".join(str(x).ljust(w) for x, w in zip(cols, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), *map(fmt, lines), "* = kept most of that kind at that ratio; adj. = chance-adjusted retention"])

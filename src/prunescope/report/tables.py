@@ -7,7 +7,9 @@ retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((a
 kind_retention_adj(_lo/_hi): mean adjusted retention of the row's kind in its cell; gap(_lo/_hi), verdict,
 gap_note: the cell's classification-minus-generation gap in mean adjusted retention (repeated on each
 row of the cell); method: ``none`` for the baseline, ``depth`` for the pruning grid, else the compression
-method of a ``methods:`` cell (study/methods_axis.py). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
+method of a ``methods:`` cell (study/methods_axis.py); decode_speedup(_lo/_hi), speed_verdict: the cell's measured
+decode speedup over the base with its rank interval over timed rounds and what it allows (``prunescope.speed``;
+pruned cells only, empty without an efficiency.json). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
 the samples.jsonl files. The baseline is the row set with criterion ``none``, ratio 0.
 """
 from __future__ import annotations
@@ -25,10 +27,11 @@ from prunescope.io import read_json, write_text
 COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
-           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method", "recovery_data"]
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method", "recovery_data", "decode_speedup",
+           "decode_speedup_lo", "decode_speedup_hi", "speed_verdict"]
 FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
           "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
-          "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi"]
+          "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi", "decode_speedup", "decode_speedup_lo", "decode_speedup_hi"]
 KIND_LABEL = {"multiple_choice": "classification", "generate": "generative"}
 KINDS = ["multiple_choice", "generate"]
 
@@ -93,9 +96,22 @@ def _rows_for(metrics: dict, *, criterion: str, ratio: float, removed: list[int]
     return rows
 
 
+def unsigned_zero(text: str) -> str:
+    """A formatted number that reads as zero loses its sign: "-0", "+0.0", "-0%" become "0", "0.0", "0%"
+    (a tiny negative rounded to zero is not a loss, and "+0" is not a gain)."""
+    if text[:1] in "+-" and not any(c in "123456789" for c in text):
+        return text[1:]
+    return text
+
+
+def fmt_num(x, spec: str, missing: str = "") -> str:
+    """``format(x, spec)`` without the sign of a zero; ``missing`` for None or NaN."""
+    return missing if x is None or x != x else unsigned_zero(format(x, spec))
+
+
 def fmt_pct(x, missing: str = "-") -> str:
     """``x`` as a whole percentage; ``missing`` for None or NaN (no estimate)."""
-    return missing if x is None or x != x else f"{x:.0%}"
+    return fmt_num(x, ".0%", missing)
 
 
 def recovery_data_label(rdir: Path) -> str:
@@ -105,6 +121,18 @@ def recovery_data_label(rdir: Path) -> str:
     if not data:
         return ""
     return f"{data.get('label', 'recovery')}: {data.get('prompt_source', '?')}"
+
+
+def _speed_columns(cell: Path) -> dict:
+    """A cell's decode speedup, its interval's ends and verdict (``prunescope.speed``), from efficiency.json."""
+    path = cell / "efficiency.json"
+    if not path.is_file():
+        return {}
+    from prunescope.speed import decode_interval, speed_verdict
+    eff = read_json(path)
+    iv = decode_interval(eff) or {}
+    return {"decode_speedup": (eff.get("speedup") or {}).get("decode"), "decode_speedup_lo": iv.get("lo"),
+            "decode_speedup_hi": iv.get("hi"), "speed_verdict": speed_verdict(iv or None)}
 
 
 def collect_results(run_dir: str | Path) -> list[dict]:
@@ -129,8 +157,10 @@ def collect_results(run_dir: str | Path) -> list[dict]:
         common = dict(criterion=meta["criterion"], ratio=float(meta["ratio"]), removed=meta["removed_layers"],
                       baseline=baseline, tasks=tasks, base_samples=base_samples, seed=seed)
         cell_rows = _rows_for(read_json(cell / "metrics.json"), recovery="none", samples=_samples(cell), **common)
+        speed = _speed_columns(cell)
         for row in cell_rows:  # the compression method (study/methods_axis.py); plain cells are depth pruning
             row["method"] = meta.get("method", "depth")
+            row.update(speed)
         rows += cell_rows
         found = sorted(p.name.removeprefix("recovery-") for p in cell.glob("recovery-*") if (p / "metrics.json").is_file())
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):

@@ -12,7 +12,8 @@ HELP = "Measure a model's parameters, peak memory, prefill latency and decode to
 class Config:
     model: str = field("smollm2-135m", help="model to measure: hub id, folder, .gguf file or smollm2-135m")
     out: str | None = field(None, help="write the measurements to this JSON file (e.g. efficiency.json)")
-    baseline: str | None = field(None, help="efficiency.json of the unpruned model, to report speedups against it")
+    baseline: str | None = field(None, help="efficiency.json of the unpruned model, to report speedups against it "
+                                           "(with --layers the unpruned model is timed alongside instead)")
     layers: list[int] | None = field(None, help="skip these 0-based layers virtually before measuring (e.g. 3,5,7)")
     prompt_tokens: int = field(128, help="prompt length for the prefill measurement")
     new_tokens: int = field(32, help="tokens decoded greedily from the KV cache per round")
@@ -41,15 +42,17 @@ def format_table(result: dict) -> str:
     ]
     if "speedup" in result:
         s = result["speedup"]
-        rows += [("decode speedup", f"{s['decode']:.2f}x (ideal {s['ideal']:.2f}x, layer ratio {s['layer_ratio']:.2f}x)"),
+        from prunescope.speed import fmt_speedup, speed_verdict
+        iv = s.get("decode_interval")
+        said = speed_verdict(iv) if iv and iv.get("paired") else "base timed apart: no claim"
+        rows += [("decode speedup", f"{fmt_speedup(s['decode'], iv)} ({said}; ideal {s['ideal']:.2f}x, "
+                                    f"layer ratio {s['layer_ratio']:.2f}x)"),
                  ("prefill speedup", f"{s['prefill']:.2f}x")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
 def run(config: Config) -> int:
-    import contextlib
-
     from prunescope.io import read_json, write_json
     from prunescope.models import load_model
     from prunescope.pruning import skip_layers
@@ -57,11 +60,13 @@ def run(config: Config) -> int:
 
     baseline = read_json(config.baseline) if config.baseline else None
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
-    cut = skip_layers(model, layers=config.layers) if config.layers else contextlib.nullcontext()
-    with cut:
-        result = measure_efficiency(model, tokenizer, prompt_tokens=config.prompt_tokens,
-                                    new_tokens=config.new_tokens, repeats=config.repeats, warmup=config.warmup,
-                                    batch_size=config.batch_size, baseline=baseline)
+    settings = dict(prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens, repeats=config.repeats,
+                    warmup=config.warmup, batch_size=config.batch_size)
+    if config.layers:  # the unpruned model is at hand: time it alongside, rounds interleaved (prunescope.speed)
+        result = measure_efficiency(lambda: skip_layers(model, layers=config.layers), tokenizer, base=model,
+                                    **settings)
+    else:
+        result = measure_efficiency(model, tokenizer, baseline=baseline, **settings)
     result["model"] = config.model
     if config.layers:
         result["skipped_layers"] = sorted(config.layers)

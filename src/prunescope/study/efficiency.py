@@ -2,7 +2,10 @@
 
 Timing: a fixed random prompt of ``prompt_tokens`` tokens is run through the model (prefill), then
 ``new_tokens`` tokens are decoded greedily one at a time from the KV cache. ``warmup`` untimed rounds
-come first; the medians over ``repeats`` timed rounds are reported.
+come first; the medians over ``repeats`` timed rounds are reported, and every round is kept. Against a
+base, the speedup gets a rank interval over the rounds (``prunescope.speed``); with the base passed as
+``base`` its rounds are interleaved with the model's in one call, the only setting in which that interval
+may support a "faster" or "slower" claim.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the timed rounds. On CPU there is no
 allocator counter, so it is the bytes of parameters and buffers plus the largest rise of the process's
@@ -95,6 +98,8 @@ class _PeakRss:
 
     def __init__(self, interval: float = 0.005):
         self.interval, self.rise, self._stop = interval, 0, threading.Event()
+        self._active = threading.Event()
+        self._active.set()
         try:
             import psutil
             self._proc = psutil.Process()
@@ -109,7 +114,22 @@ class _PeakRss:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.rise = max(self.rise, self._rss() - self.start)
+            rise = self._rss() - self.start  # sampled while paused too: the sampler costs both arms alike
+            if self._active.is_set():
+                self.rise = max(self.rise, rise)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Samples inside (another model's rounds) are not counted; they are still taken, since the sampling
+        thread slows the rounds it runs beside (in the same process, for the GIL) and a timed comparison needs
+        both arms slowed alike. What the allocator keeps from those rounds may be seen after, so with a base
+        timed alongside the CPU peak is an upper bound."""
+        self.rise = max(self.rise, self._rss() - self.start)
+        self._active.clear()
+        try:
+            yield
+        finally:
+            self._active.set()
 
     def __enter__(self):
         self.start = self._rss()
@@ -162,79 +182,146 @@ def _one_round(model, ids: torch.Tensor, new_tokens: int, sync) -> tuple[float, 
     return t1 - t0, time.perf_counter() - t1
 
 
+def _enter(arm):
+    """A model, or a zero-argument callable returning a context manager that yields the model to time (e.g.
+    ``lambda: skip_layers(model, layers=[3, 4])``): a context manager either way."""
+    return contextlib.nullcontext(arm) if isinstance(arm, torch.nn.Module) else arm()
+
+
+def _describe(model, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
+    """What does not need a clock: layers, parameters, weight bytes, FLOPs per token."""
+    return {"num_layers": len(get_submodule(model, get_architecture(model).layers)),
+            "parameters": parameter_counts(model), "weights_bytes": weight_bytes(model),
+            "flops_per_token": flops_per_token(model, context=prompt_tokens + new_tokens // 2)}
+
+
+def _timed(arm, ids: torch.Tensor, new_tokens: int, sync) -> tuple[float, float]:
+    """One round of ``arm`` in eval mode (its training flag restored after)."""
+    with _enter(arm) as model:
+        was_training = model.training
+        model.eval()
+        try:
+            return _one_round(model, ids, new_tokens, sync)
+        finally:
+            model.train(was_training)
+
+
+def _rates(rounds: list[tuple[float, float]], new_tokens: int, batch_size: int) -> tuple[list[float], list[float]]:
+    return [p * 1000 for p, _ in rounds], [new_tokens * batch_size / d for _, d in rounds]
+
+
 def measure_efficiency(model, tokenizer=None, *, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
                        warmup: int = 1, batch_size: int = 1, seed: int = 0,
-                       baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+                       baseline: dict[str, Any] | None = None, base=None) -> dict[str, Any]:
     """Measure ``model`` (base or pruned) as it is: parameters, peak memory, prefill latency (median ms)
-    and decode throughput (median tokens/s over ``repeats`` rounds after ``warmup`` untimed ones).
+    and decode throughput (median tokens/s over ``repeats`` rounds after ``warmup`` untimed ones); every
+    round's numbers are kept (``prefill_ms_all``, ``decode_tokens_per_s_all``).
 
     With ``baseline`` (this function's result on the unpruned model) adds ``speedup``: measured prefill
-    and decode speedups and the ideal one from the FLOP shares (see the module docstring).
+    and decode speedups and the ideal one from the FLOP shares (see the module docstring), the decode one
+    with a rank interval over the rounds (``prunescope.speed``) marked ``paired: false``: rounds timed in
+    another call are not exchangeable with these, so that interval never supports a "faster" claim.
+
+    With ``base`` (the unpruned model, or a callable returning a context manager that yields it) the base is
+    timed in this same call, its rounds alternating with the model's (cell, base, base, cell, ...), so load
+    from other processes falls on both alike: the speedup and its interval come from these paired rounds
+    (``paired: true``) and the base's rounds are kept under ``base_rounds``. This doubles the timed work (on
+    the default model with 128 prompt and 16 new tokens, a few seconds per measurement). ``model`` may be
+    such a callable too. Peak memory counts only the model's own rounds.
     """
     if min(prompt_tokens, new_tokens, repeats, batch_size) < 1 or warmup < 0:
         raise ValueError("prompt_tokens, new_tokens, repeats and batch_size must be >= 1 and warmup >= 0")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if max_pos and prompt_tokens + new_tokens > max_pos:  # stay inside the position table
-        prompt_tokens = max(1, max_pos - new_tokens)
-    ids = _prompt(model, tokenizer, prompt_tokens, batch_size, seed).to(device)
+    with _enter(model) as m:
+        device = next(m.parameters()).device
+        dtype = next(m.parameters()).dtype
+        max_pos = getattr(m.config, "max_position_embeddings", None) or getattr(m.config, "n_positions", None)
+        if max_pos and prompt_tokens + new_tokens > max_pos:  # stay inside the position table
+            prompt_tokens = max(1, max_pos - new_tokens)
+        ids = _prompt(m, tokenizer, prompt_tokens, batch_size, seed).to(device)
+        described = _describe(m, prompt_tokens, new_tokens)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(warmup):
-            _one_round(model, ids, new_tokens, sync)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        rounds = []
-        with (_PeakRss() if not cuda else contextlib.nullcontext()) as rss:
-            for _ in range(repeats):
-                rounds.append(_one_round(model, ids, new_tokens, sync))
-    finally:
-        model.train(was_training)
-    weights = weight_bytes(model)
+    for _ in range(warmup):
+        _timed(model, ids, new_tokens, sync)
+        if base is not None:
+            _timed(base, ids, new_tokens, sync)
     if cuda:
-        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    rounds, base_rounds, peak = [], [], 0
+    with (_PeakRss() if not cuda else contextlib.nullcontext()) as rss:
+        for i in range(repeats):
+            # alternate which arm goes first (cell, base, base, cell, ...): a steady drift in load cancels
+            order = ["cell", "base"] if i % 2 == 0 else ["base", "cell"]
+            for arm in order if base is not None else ["cell"]:
+                if arm == "base":
+                    with (rss.paused() if rss is not None else contextlib.nullcontext()):
+                        base_rounds.append(_timed(base, ids, new_tokens, sync))
+                    continue
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                rounds.append(_timed(model, ids, new_tokens, sync))
+                if cuda:
+                    peak = max(peak, torch.cuda.max_memory_allocated(device))
+    weights = described.pop("weights_bytes")
+    if cuda:
         memory = {"peak_bytes": int(peak), "weights_bytes": int(weights),
                   "activations_bytes": int(max(0, peak - before)), "method": "cuda.max_memory_allocated"}
     else:
         memory = {"peak_bytes": int(weights + rss.rise), "weights_bytes": int(weights),
                   "activations_bytes": int(rss.rise), "method": "weights + buffers + peak RSS rise (CPU)"}
-    prefill = [p * 1000 for p, _ in rounds]
-    decode = [new_tokens * batch_size / d for _, d in rounds]
-    flops = flops_per_token(model, context=prompt_tokens + new_tokens // 2)
+    prefill, decode = _rates(rounds, new_tokens, batch_size)
     result = {
-        "num_layers": len(get_submodule(model, get_architecture(model).layers)),
-        "parameters": parameter_counts(model),
+        "num_layers": described["num_layers"],
+        "parameters": described["parameters"],
         "memory": memory,
         "prefill_ms": statistics.median(prefill),
         "decode_tokens_per_s": statistics.median(decode),
         "time_per_token_ms": 1000.0 / statistics.median(decode) * batch_size,
         "prefill_ms_all": prefill,
         "decode_tokens_per_s_all": decode,
-        "flops_per_token": flops,
+        "flops_per_token": described["flops_per_token"],
         "settings": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
                      "warmup": warmup, "batch_size": batch_size, "seed": seed},
         "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
     }
-    if baseline is not None:
+    if base is not None:
+        with _enter(base) as b:
+            base_described = _describe(b, prompt_tokens, new_tokens)
+        base_prefill, base_decode = _rates(base_rounds, new_tokens, batch_size)
+        result["base_rounds"] = {"prefill_ms_all": base_prefill, "decode_tokens_per_s_all": base_decode,
+                                 "prefill_ms": statistics.median(base_prefill),
+                                 "decode_tokens_per_s": statistics.median(base_decode)}
+        paired_base = {**base_described, **result["base_rounds"]}
+        result["speedup"] = speedup(paired_base, result, paired=True)
+    elif baseline is not None:
         result["speedup"] = speedup(baseline, result)
     return result
 
 
-def speedup(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
-    """Measured speedups of ``pruned`` over ``base`` next to the ideal ones (see the module docstring)."""
+def speedup(base: dict[str, Any], pruned: dict[str, Any], *, paired: bool = False) -> dict[str, Any]:
+    """Measured speedups of ``pruned`` over ``base`` next to the ideal ones (see the module docstring), with
+    rank intervals over the rounds (``decode_interval``, ``prefill_interval``; ``prunescope.speed``) when both
+    records keep their rounds. ``paired``: the rounds were interleaved in one call (the only case in which
+    the interval may support a claim)."""
+    from prunescope.speed import ratio_interval
+
     ideal = base["flops_per_token"]["total"] / pruned["flops_per_token"]["total"]
     decode = pruned["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-    return {
+    out = {
         "decode": decode,
         "prefill": base["prefill_ms"] / pruned["prefill_ms"],
         "ideal": ideal,
         "layer_ratio": base["num_layers"] / pruned["num_layers"],
         "of_ideal": (decode - 1) / (ideal - 1) if ideal > 1 else None,
         "parameters": base["parameters"]["total"] / pruned["parameters"]["total"],
+        "decode_interval": None, "prefill_interval": None,
     }
+    if base.get("decode_tokens_per_s_all") and pruned.get("decode_tokens_per_s_all"):
+        out["decode_interval"] = ratio_interval(pruned["decode_tokens_per_s_all"], base["decode_tokens_per_s_all"],
+                                                paired=paired)
+    if base.get("prefill_ms_all") and pruned.get("prefill_ms_all"):  # latency: the rate is its reciprocal
+        out["prefill_interval"] = ratio_interval([1 / x for x in pruned["prefill_ms_all"]],
+                                                 [1 / x for x in base["prefill_ms_all"]], paired=paired)
+    return out

@@ -132,12 +132,13 @@ def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
                                     new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup)
             # Same weights and prefill as the base; the decode rate is the base's times the speedup that
             # assisted generation measured against plain generate (same harness both ways).
-            eff = {**{k: v for k, v in base.items() if k != "measured_on"},
+            eff = {**{k: v for k, v in base.items() if k not in ("measured_on", "speedup", "decode_tokens_per_s_all")},
                    "decode_tokens_per_s": base["decode_tokens_per_s"] * s["decode_speedup"], "speculative": s,
-                   "speedup": {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None, "parameters": 1.0}}
-        else:
+                   "speedup": {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None, "parameters": 1.0,
+                               "decode_interval": s.get("decode_interval")}}
+        else:  # the base timed again here, rounds interleaved with the method's: same load on both (prunescope.speed)
             eff = runner.stages.measure_efficiency(result.model, runner.tokenizer, prompt_tokens=e.prompt_tokens,
                                                    new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup,
-                                                   batch_size=e.batch_size, seed=cfg.seed, baseline=base)
+                                                   batch_size=e.batch_size, seed=cfg.seed, base=runner.model)
         write_json(cell / "efficiency.json", {"measured_on": cell.name, **eff})
     del model, result

@@ -35,7 +35,7 @@ from prunescope.io import read_json, write_json
 from prunescope.study.config import StudyConfig
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
-from prunescope.study.steps import Manifest, Step, eta_text, plan_text
+from prunescope.study.steps import Manifest, Step, plan_text, step_line
 
 log = logging.getLogger("prunescope.study")
 
@@ -213,6 +213,7 @@ class StudyRun:
             kwargs["tasks"] = [t for t in cfg.tasks if ":" not in t]
         if k is None:
             kwargs.pop("num_layers", None)
+        kwargs.setdefault("progress", self.progress)  # no carriage-return bars in a log file
         result = self.stages.score_layers(self.model, self.tokenizer, criterion, num_layers=k, seed=cfg.seed,
                                           **kwargs)
         from prunescope.criteria import save_scores
@@ -266,8 +267,11 @@ class StudyRun:
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, rdir / shared.name)
             student = self._recovery_student(criterion, k, rconfig, rdir)
+            # merged/ is evaluated below: written in the precision the study computes in, so that the
+            # recovered cell's numbers are the trained weights' and not a rounding of them
             self.stages.recover(student, self.tokenizer, teacher=self.model, teacher_tokenizer=self.tokenizer,
-                                config=rconfig, out=rdir, overwrite=False, resume=True)
+                                config=rconfig, out=rdir, overwrite=False, resume=True,
+                                dtype=next(self.model.parameters()).dtype)
             del student
             if (rdir / shared.name).is_file() and not shared.is_file():
                 from prunescope.io import write_text
@@ -293,9 +297,10 @@ class StudyRun:
             self._save_checkpoint(criterion, removed, len(get_layers(self.model)), rdir / "student")
         return load_4bit(str(rdir / "student"))[0]
 
-    def _efficiency(self, **extra) -> dict:
+    def _efficiency(self, model=None, **extra) -> dict:
         e = self.config.efficiency
-        return self.stages.measure_efficiency(self.model, self.tokenizer, prompt_tokens=e.prompt_tokens,
+        return self.stages.measure_efficiency(self.model if model is None else model, self.tokenizer,
+                                              prompt_tokens=e.prompt_tokens,
                                               new_tokens=e.new_tokens, repeats=e.repeats, warmup=e.warmup,
                                               batch_size=e.batch_size, seed=self.config.seed, **extra)
 
@@ -303,12 +308,13 @@ class StudyRun:
         write_json(self.out / "baseline/efficiency.json", {"measured_on": "baseline", **self._efficiency()})
 
     def run_efficiency(self, cells: list[Path]) -> None:
-        """Cells with the same number of removed layers do the same work: measure once, on the first."""
+        """Cells with the same number of removed layers do the same work: measure once, on the first. The base
+        is timed again in the same call, its rounds interleaved with the cell's, so the speedup's interval
+        compares rounds under the same machine load (prunescope.speed)."""
         from prunescope.pruning import skip_layers
-        base = read_json(self.out / "baseline/efficiency.json")
         meta = read_json(cells[0] / "prunescope.json")
-        with skip_layers(self.model, layers=meta["removed_layers"]):
-            result = self._efficiency(baseline=base)
+        result = self._efficiency(base=self.model,
+                                  model=lambda: skip_layers(self.model, layers=meta["removed_layers"]))
         for cell in cells:
             write_json(cell / "efficiency.json", {"measured_on": cells[0].name, **result})
 
@@ -391,13 +397,15 @@ class StudyRun:
         if previous is not None and len(pending) < len(steps):
             log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
         ran, ablated = 0, False
-        log.info("plan: %s", plan_text(pending))
+        # compute of earlier attempts (study.json is rewritten after every step, so a killed attempt counts
+        # up to its last finished step) plus this one's
+        earlier = float(info.get("seconds") or 0.0)
+        log.info("plan: %s", plan_text(pending, trail["steps"]))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
                 continue
             todo = [s for s in steps[index - 1:] if not manifest.done(s)]
-            log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
-                     _duration(time.time() - started), eta_text(todo, trail["steps"]))
+            log.info("%s", step_line(index, len(steps), step, todo, time.time() - started, trail["steps"]))
             if manifest.entries.get(step.key, {}).get("identity") != step.identity:
                 step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
@@ -406,6 +414,8 @@ class StudyRun:
             trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "work": step.work,
                                         "finished": _now()}
             write_json(self.out / "run.json", trail)
+            info["seconds"] = round(earlier + time.time() - started, 1)
+            write_json(path, info)
             ran += 1
             ablated = ablated or step.key.startswith("ablation/")
         if self.config.ablation.enabled and (ablated or not (self.out / "ablation/ablation.json").is_file()):
@@ -415,7 +425,7 @@ class StudyRun:
         write_results_csv(self.out)
         if ran or info.get("finished") is None:
             info["finished"] = _now()
-            info["seconds"] = round(info.get("seconds", 0.0) + time.time() - started, 1)
+            info["seconds"] = round(earlier + time.time() - started, 1)
             write_json(path, info)
         isolation = self._isolation()
         if isolation and info.get("isolation") != next(iter(isolation.values())):
