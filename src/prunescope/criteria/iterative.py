@@ -4,9 +4,10 @@ Both run in memory with virtual removal (``skip_layers``) and, for the loss-base
 shared fast path: each candidate runs only the blocks after it (``activations``), and a candidate
 before the previous step's winner starts from the state its own run kept there (``reuse.StepReuse``).
 ``fast=False`` is the naive loop (the whole model and the loss on full logits per candidate). They
-stop after ``num_layers`` removals (default a quarter of the layers). ``order`` is the greedy removal sequence followed by the remaining layers,
-least harmful first, as judged in the last step; scores are rank-based (position ``i`` of the order
-scores ``i / (L - 1)``), and ``config.steps`` records the objective after each removal.
+stop after ``num_layers`` removals (default a quarter of the layers). ``order`` is the greedy removal
+sequence followed by the remaining layers, least harmful first, as judged in the last step; scores
+are rank-based (position ``i`` of the order scores ``i / (L - 1)``), and ``config.steps`` records
+the objective after each removal.
 """
 from __future__ import annotations
 
