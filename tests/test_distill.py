@@ -182,3 +182,32 @@ def test_bad_onpolicy_settings(tmp_path, capsys, tiny_model_dir):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("prunescope: error:") and "--onpolicy-lambda must be in [0, 1]" in err[-1]
+
+
+def test_study_losses_axis_at_equal_tokens(tiny_model_dir, tmp_path):
+    """recovery.losses makes one cell per loss; later losses train on the first one's token count; the
+    results and the report say how many tokens each got."""
+    import csv
+
+    from prunescope.study import run_study
+    from prunescope.study.config import StudyConfig, from_mapping
+
+    config = from_mapping(StudyConfig, dict(
+        name="distill", model=str(tiny_model_dir), dtype="float32", device="cpu", tasks=["arith_add_1d_mc"], limit=2,
+        criteria=["reverse"], ratios=[0.5], efficiency={"enabled": False}, ablation={"enabled": False},
+        recovery={"methods": ["lora"], "losses": ["sft", "kd", "onpolicy"],
+                  "settings": {"data": "self", "prompts": "arith_add_1d_gen", "num_prompts": 4, "max_steps": 2,
+                               "batch_size": 2, "lora_r": 2, "save_every": 0, "onpolicy_lambda": 1.0,
+                               "onpolicy_max_new_tokens": 4}},
+        out=str(tmp_path / "run")))
+    run = run_study(config)
+    cell = run / "cells" / "reverse-r0.5"
+    tokens = {loss: json.loads((cell / f"recovery-lora-{loss}" / "recover.json").read_text())["response_tokens"]
+              for loss in ("sft", "kd", "onpolicy")}
+    assert tokens["sft"] > 0 and len(set(tokens.values())) == 1, tokens
+    with open(run / "results.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["recovery"] != "none"]
+    assert {r["recovery"] for r in rows} == {"lora-sft", "lora-kd", "lora-onpolicy"}
+    assert {int(r["recovery_tokens"]) for r in rows} == {tokens["sft"]}
+    report = (run / "report.md").read_text()
+    assert f"{tokens['sft']:,} tokens" in report and "Recovery runs" in report
