@@ -99,3 +99,18 @@ def test_unknown_replacement_is_a_usage_error():
     with pytest.raises(UsageError, match="replacement=mlp: choose one of layer, ffn"):
         compress(make_tiny_model(layers=4), make_tokenizer(), "replace", ratio=0.3, calib=TEXTS,
                  settings={"replacement": "mlp"})
+
+
+def test_compress_command_with_replacement_ffn(tmp_path, tiny_model_dir):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from prunescope.cli import main
+    out = tmp_path / "ffn"
+    assert main(["compress", "--model", str(tiny_model_dir), "--method", "replace", "--ratio", "0.3",
+                 "--settings", "replacement=ffn,steps=2,batch_tokens=64", "--out", str(out)]) == 0
+    record = json.loads((out / "prunescope.json").read_text())
+    assert record["settings"]["replacement"] == record["replacement"] == "ffn"
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert torch.count_nonzero(get_layers(reloaded)[record["span"][0]].self_attn.o_proj.weight) == 0
