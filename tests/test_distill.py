@@ -211,3 +211,13 @@ def test_study_losses_axis_at_equal_tokens(tiny_model_dir, tmp_path):
     assert {int(r["recovery_tokens"]) for r in rows} == {tokens["sft"]}
     report = (run / "report.md").read_text()
     assert f"{tokens['sft']:,} tokens" in report and "Recovery runs" in report
+
+
+def test_packaged_distill_config():
+    from prunescope.study.config import load_study_config, recovery_variants
+    from prunescope.study.stages import validate_names
+    config = load_study_config("distill")
+    validate_names(config)
+    assert [label for label, _, _ in recovery_variants(config.recovery)] == ["lora-sft", "lora-kd", "lora-onpolicy"]
+    assert config.recovery.equal_tokens and "token_budget" not in config.recovery.settings
+    assert not load_study_config("default").recovery.losses  # the default study keeps its one recovery
