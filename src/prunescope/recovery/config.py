@@ -90,8 +90,9 @@ class RecoverConfig:
     onpolicy_max_new_tokens: int = field(128, help="onpolicy: longest sampled response (TRL's default 128)")
     token_budget: int = field(0, help="train on exactly this many response tokens (the last step takes only the "
                                       "tokens left), so runs with different losses or data compare at equal budget; "
-                                      "--max-steps, when also given, caps the steps (0 = off: --max-steps or one "
-                                      "epoch)")
+                                      "--max-steps, when also given, caps the steps; a decaying --lr-scheduler is "
+                                      "planned over the steps the budget takes at the examples' mean response "
+                                      "length and holds its last value beyond (0 = off: --max-steps or one epoch)")
     lr: float = field(2e-4, help="peak learning rate (AdamW)")
     lr_scheduler: str = field("constant", choices=SCHEDULERS, help="learning-rate schedule after warm-up")
     warmup_steps: int = field(0, help="linear warm-up steps")

@@ -150,7 +150,12 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     """Train ``model`` (trainable parameters already chosen) on tokenized ``examples`` for
     ``config.max_steps`` optimizer steps (default one epoch). Checkpoints go to ``out/checkpoint`` every
     ``config.save_every`` steps and at the end; with ``resume`` an existing checkpoint is continued.
-    Returns the summary: steps, tokens_seen, response_tokens, wall_time, final_loss, tokens_per_second."""
+    With ``config.token_budget`` it trains until exactly that many response tokens have been trained on
+    (``onpolicy.cap_tokens`` cuts the last step). With ``config.loss == "onpolicy"`` each micro-batch is,
+    with probability ``onpolicy_lambda``, replaced by the student's own samples (``onpolicy.py``), logged
+    to ``out/onpolicy_samples.jsonl``.
+    Returns the summary: steps, tokens_seen, response_tokens, token_budget, budget_reached, sequences,
+    wall_time, final_loss, tokens_per_second."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -259,7 +264,9 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        if not budget or step + 1 < max_steps:
+            # a --token-budget run may need more steps than planned: the schedule then holds its last value
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
