@@ -109,7 +109,7 @@ def test_compress_command_with_replacement_ffn(tmp_path, tiny_model_dir):
     from prunescope.cli import main
     out = tmp_path / "ffn"
     assert main(["compress", "--model", str(tiny_model_dir), "--method", "replace", "--ratio", "0.3",
-                 "--settings", "replacement=ffn,steps=2,batch_tokens=64", "--out", str(out)]) == 0
+                 "--settings", "replacement=ffn,steps=2,batch_tokens=64,max_calib_tokens=512", "--out", str(out)]) == 0
     record = json.loads((out / "prunescope.json").read_text())
     assert record["settings"]["replacement"] == record["replacement"] == "ffn"
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
