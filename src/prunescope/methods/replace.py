@@ -11,7 +11,22 @@ fewer blocks.
 
 Deviations (recorded as settings): the reference trains one epoch over ~100k SlimPajama sequences; here the
 calibration text is small, so training is ``steps`` optimiser steps cycling over it (one batch a step, no
-gradient accumulation). Only the decoder-layer replacement is implemented (the paper's FFN variant is not).
+gradient accumulation).
+
+``replacement`` (a setting, ``layer`` by default) chooses the lightweight module:
+
+* ``layer``: one decoder layer, as above (the reference's ``train_lightweightnetwork.py``).
+* ``ffn``: a feed-forward network only. The reference's FFN (``examples/mlp_mseloss_train_without_memory_issue/
+  modeling_llama.py``, class ``MLP``: Linear(d, 4d), ReLU, Linear(4d, d), no norm, no residual, with the
+  architecture's ``LlamaMLP`` as the commented alternative) maps the span's input hidden states straight to
+  its output hidden states. So that the result stays a standard checkpoint, the FFN here is the
+  architecture's own MLP in the residual form a decoder layer computes, ``h + mlp(norm(h))``: the block
+  that replaces the span keeps its attention weights but its attention output projection is zero (so
+  attention adds nothing, and plain transformers loads and runs it unchanged), and only the FFN branch
+  (``ffn`` modules of models/architectures.json: norm and MLP, initialised from the span's first layer)
+  trains with the same MSE objective. Deviation from the reference, named: the residual parametrisation
+  and the architecture's MLP (SwiGLU at the config's intermediate size for Llama) instead of a bare
+  ReLU MLP of width 4d; the zeroed attention weights still count in the checkpoint's parameters.
 """
 from __future__ import annotations
 
@@ -23,6 +38,8 @@ import torch.nn.functional as F
 from prunescope.errors import UsageError
 from prunescope.methods.base import Compressed, register_method
 from prunescope.methods.hooks import block_input, call_block, capture_io
+
+REPLACEMENTS = ("layer", "ffn")
 
 REFERENCE = "Chen et al., LLM-Streamline (ICLR 2025); github:RUCKBReasoning/LLM-Streamline"
 
@@ -75,10 +92,29 @@ def evaluate_block(block, calls, targets, masks) -> float:
     return sum(losses) / len(losses)
 
 
+def ffn_only(model, block) -> list:
+    """Switch ``block``'s attention off (its output projection set to zero, in place) and return the
+    parameters of its feed-forward branch, the only ones that train (see the module docstring)."""
+    from prunescope.models import get_architecture
+    from prunescope.models.architectures import get_submodule
+
+    arch = get_architecture(model)
+    attn_out = get_submodule(block, arch.attn_out) if arch.attn_out else None
+    branch = [get_submodule(block, name) for name in arch.ffn]
+    if attn_out is None or not branch or any(m is None for m in branch):
+        raise UsageError(f"--settings replacement=ffn: prunescope does not know where the attention output and the "
+                         f"feed-forward branch of a {arch.model_type!r} block are; add attn_out and ffn to its entry "
+                         f"in prunescope/models/architectures.json, or use replacement=layer")
+    with torch.no_grad():
+        for p in attn_out.parameters():
+            p.zero_()
+    return [p for m in branch for p in m.parameters()]
+
+
 @register_method("replace", defaults={"steps": 200, "lr": 2e-4, "min_lr": 5e-5, "weight_decay": 1e-3,
                                       "max_grad_norm": 5.0, "warmup_fraction": 0.01, "valid_every": 5,
-                                      "max_calib_tokens": 16384, "batch_tokens": 256},
-                 summary="LLM-Streamline: replace the most redundant span by one trained decoder layer")
+                                      "max_calib_tokens": 16384, "batch_tokens": 256, "replacement": "layer"},
+                 summary="LLM-Streamline: replace the most redundant span by one trained decoder layer (or FFN)")
 def replace(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
     """Replace the most similar-ends span of ``k + 1`` blocks (``k`` = ``ratio`` of the blocks) by one decoder
     layer trained on calibration activations, in place. See the module docstring for the reference."""
@@ -87,6 +123,10 @@ def replace(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
 
     if ratio is None:
         raise UsageError("method replace needs --ratio (the fraction of decoder layers to remove)")
+    replacement = settings["replacement"]
+    if replacement not in REPLACEMENTS:
+        raise UsageError(f"--settings replacement={replacement}: choose one of {', '.join(REPLACEMENTS)} (layer: one "
+                         f"decoder layer; ffn: a feed-forward network)")
     total = num_layers(model)
     k = count_for_ratio(ratio, total)
     n = k + 1
@@ -112,11 +152,13 @@ def replace(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
     removed = list(range(best + 1, best + n))
     drop_layers(model, layers=removed)
     block = get_layers(model)[best]
+    params = ffn_only(model, block) if replacement == "ffn" else list(block.parameters())
     v_calls, v_targets, v_masks = pick(valid, calls), pick(valid, targets), pick(valid, masks)
     mse_remove = sum(masked_mse(block_input(c), t, m).item() for c, t, m in zip(v_calls, v_targets, v_masks)) / len(valid)
     mse_init = evaluate_block(block, v_calls, v_targets, v_masks)
     best_loss, best_state = mse_init, {k_: v.detach().clone() for k_, v in block.state_dict().items()}
-    params = [p for p in block.parameters()]
+    for p in block.parameters():
+        p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
@@ -152,7 +194,10 @@ def replace(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
         p.grad = None
     return Compressed(model, {
         "reference": REFERENCE, "span": [best, best + n - 1], "span_similarity": sims,
-        "replaced_by": f"decoder layer initialised from layer {best}, trained with MSE",
+        "replacement": replacement,
+        "replaced_by": (f"decoder layer initialised from layer {best}, trained with MSE" if replacement == "layer" else
+                        f"FFN (h + mlp(norm(h))) initialised from layer {best}'s, trained with MSE, saved as a decoder "
+                        f"layer whose attention output projection is zero"),
         "removed_layers": removed, "num_layers_before": total, "num_layers_after": num_layers(model),
         "valid_mse": {"remove_span": mse_remove, "initial": mse_init, "trained": best_loss},
         "train_log": log, "calib_batches": {"train": len(train), "valid": len(valid)}})

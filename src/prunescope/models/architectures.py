@@ -37,6 +37,8 @@ class Architecture:
     layer_index_attrs: tuple[str, ...] = ("self_attn.layer_idx", "layer_idx")
     index_dependent: tuple[str, ...] = ()
     lora_targets: tuple[str, ...] = ()
+    attn_out: str | None = None
+    ffn: tuple[str, ...] = ()
     detected: bool = field(default=False, compare=False)
 
 

@@ -1,6 +1,7 @@
 """Post-pruning recovery: LoRA, partial-layer or full finetuning of a pruned model, on the unpruned
 teacher's own responses (``data="self"``) or a dataset's, with completion-only SFT, token-level
-distillation (``loss="kd"``) or a mix.
+distillation on those sequences (``loss="kd"``), a mix, or on-policy distillation on the student's own
+samples (``loss="onpolicy"``, GKD); ``token_budget`` makes runs compare at an equal number of trained tokens.
 
     from prunescope.recovery import RecoverConfig, recover
     summary = recover(pruned, tok, teacher=base, config=RecoverConfig(prompts="gsm8k", max_steps=200),

@@ -13,14 +13,14 @@ from prunescope.io import read_json, write_json
 from prunescope.recovery.config import RecoverConfig
 from prunescope.recovery.data import load_prompts, prompt_source_kind, tokenize_example
 from prunescope.recovery.generation import CACHE_FILE, cache_key, self_generate
-from prunescope.recovery.loop import CHECKPOINT, TRAIN_LOG, train
+from prunescope.recovery.loop import CHECKPOINT, ONPOLICY_SAMPLES, TRAIN_LOG, train
 from prunescope.recovery.methods import prepare, restore_dtype
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "recover.json"
 # "student": the saved cut a study loads in 4-bit for QLoRA, beside the run's own files.
-_RUN_FILES = {CHECKPOINT, TRAIN_LOG, CACHE_FILE, "adapter", "merged", SUMMARY, "student"}
+_RUN_FILES = {CHECKPOINT, TRAIN_LOG, CACHE_FILE, "adapter", "merged", SUMMARY, "student", ONPOLICY_SAMPLES}
 
 
 def _is_cache(name: str) -> bool:
@@ -94,7 +94,7 @@ def check_same_tokenizer(tokenizer, teacher_tokenizer) -> None:
     if teacher_tokenizer is None or teacher_tokenizer is tokenizer:
         return
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UsageError(f"--loss kd/mix needs teacher and student to share a tokenizer, but their vocabularies "
+        raise UsageError(f"--loss kd/mix/onpolicy needs teacher and student to share a tokenizer, but their vocabularies "
                          f"differ ({len(teacher_tokenizer)} vs {len(tokenizer)} tokens); use --loss sft, or a "
                          f"teacher from the same family")
 
@@ -118,7 +118,15 @@ def build_training_examples(prompts, tokenizer, config, *, out: Path, teacher_na
                             barrier=None) -> tuple[list[dict], dict]:
     """Tokenized examples plus data statistics (prompts, generated, kept, dropped as incorrect, cut by
     the length limit or too long)."""
-    stats = {**(stats or {}), "prompts": len(prompts)}
+    stats = {**(stats or {}), "prompts": len(prompts), "sequences": config.sequences}
+    if config.fully_on_policy:
+        # Every batch is the student's own samples: the contexts are all it needs, the teacher only scores.
+        from prunescope.recovery.data import prompt_example
+        examples = [e for e in (prompt_example(p, tokenizer, config.max_seq_len) for p in prompts) if e is not None]
+        stats.update(dropped_too_long=len(prompts) - len(examples), examples=len(examples))
+        if not examples:
+            raise UsageError(f"no prompt leaves room for a response within --max-seq-len {config.max_seq_len}; raise it")
+        return examples, stats
     if config.data == "self":
         key = cache_key(teacher=teacher_name, prompts=config.prompts, num_prompts=config.num_prompts, seed=config.seed,
                         max_new_tokens=config.gen_max_new_tokens, task_data=config.prompts_data,
@@ -200,7 +208,7 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
                   "label": "task-specific recovery" if kind == "task-specific" else "general recovery"}
     prompts = load_prompts(config.prompts, num=config.num_prompts, seed=config.seed, task_data=config.prompts_data,
                            disjoint_from=config.disjoint_from, stats=data_stats)
-    if config.data == "self" and config.max_steps:
+    if config.data == "self" and config.max_steps and not config.token_budget and not config.fully_on_policy:
         # A short run trains on max_steps * (examples per step) examples: the teacher answers only those.
         need = config.max_steps * config.batch_size * config.grad_accum * state.num_processes
         if len(prompts) > need:
@@ -234,8 +242,10 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
     summary["data"] = data_stats
     summary["teacher"] = teacher_name
     paths = {"train_log": str(out / TRAIN_LOG), "checkpoint": str(out / CHECKPOINT), "merged": str(out / "merged")}
-    if config.data == "self":
+    if config.data == "self" and not config.fully_on_policy:
         paths["self_generated"] = str(out / CACHE_FILE)
+    if config.loss == "onpolicy":
+        paths["onpolicy_samples"] = str(out / ONPOLICY_SAMPLES)
     if config.method == "lora":
         paths["adapter"] = str(out / "adapter")
     summary["paths"] = paths

@@ -7,7 +7,7 @@ from prunescope.config import field, require
 
 METHODS = ["lora", "partial", "full"]
 DATA_SOURCES = ["self", "dataset"]
-LOSSES = ["sft", "kd", "mix"]
+LOSSES = ["sft", "kd", "mix", "onpolicy"]
 SCHEDULERS = ["constant", "linear", "cosine"]
 DECODING = ["sample", "greedy"]
 TRUNCATED = ["keep", "drop"]
@@ -20,7 +20,8 @@ DEFAULT_PROMPTS = "self-instruct"
 RESUME_FIELDS = ("method", "lora_r", "lora_alpha", "lora_dropout", "partial_layers", "qlora", "data", "prompts",
                  "prompts_data", "num_prompts", "filter_correct", "gen_max_new_tokens", "gen_decoding",
                  "gen_temperature", "gen_top_p", "truncated", "disjoint_from", "loss", "kd_topk",
-                 "kd_temperature", "kd_weight", "lr", "lr_scheduler", "warmup_steps", "adam_beta1", "adam_beta2",
+                 "kd_temperature", "kd_weight", "onpolicy_lambda", "onpolicy_beta", "onpolicy_temperature",
+                 "onpolicy_max_new_tokens", "token_budget", "lr", "lr_scheduler", "warmup_steps", "adam_beta1", "adam_beta2",
                  "weight_decay", "max_grad_norm", "batch_size", "grad_accum", "max_seq_len", "master_weights", "seed")
 
 
@@ -70,11 +71,28 @@ class RecoverConfig:
                                 "(keep) or left out (drop)")
     gen_batch_size: int = field(16, help="--data self: prompts per teacher generation batch")
     loss: str = field("sft", choices=LOSSES,
-                      help="sft: cross-entropy on the response tokens only; kd: KL to the teacher's token "
-                           "distribution on the response tokens; mix: --kd-weight * kd + (1 - --kd-weight) * sft")
+                      help="sft: cross-entropy on the response tokens only; kd: forward KL(teacher || student) of "
+                           "the token distributions at the response tokens (with --data self the sequences are the "
+                           "teacher's own responses: distillation on teacher-generated sequences); mix: --kd-weight "
+                           "* kd + (1 - --kd-weight) * sft; onpolicy: GKD (Agarwal et al. 2024, TRL GKDTrainer): the "
+                           "student samples responses with its current weights, the teacher scores them, generalized "
+                           "JSD (--onpolicy-beta) over the sampled tokens")
     kd_topk: int = field(0, help="kd: keep only the teacher's top-k tokens per position (0 = whole vocabulary)")
     kd_temperature: float = field(1.0, help="kd: softmax temperature for teacher and student")
     kd_weight: float = field(0.5, help="mix: weight of the kd term")
+    onpolicy_lambda: float = field(0.5, help="onpolicy: fraction of micro-batches whose sequences the student samples; "
+                                             "the rest train on --data's sequences (TRL's lmbda, default 0.5; 1 = "
+                                             "fully on-policy, and no teacher responses are generated)")
+    onpolicy_beta: float = field(0.5, help="onpolicy: generalized JSD interpolation (TRL's beta, default 0.5): 0 = "
+                                           "forward KL(teacher || student), as --loss kd; 1 = reverse KL")
+    onpolicy_temperature: float = field(0.9, help="onpolicy: the student's sampling temperature (top-k 0, top-p 1, "
+                                                  "as TRL)")
+    onpolicy_max_new_tokens: int = field(128, help="onpolicy: longest sampled response (TRL's default 128)")
+    token_budget: int = field(0, help="train on exactly this many response tokens (the last step takes only the "
+                                      "tokens left), so runs with different losses or data compare at equal budget; "
+                                      "--max-steps, when also given, caps the steps; a decaying --lr-scheduler is "
+                                      "planned over the steps the budget takes at the examples' mean response "
+                                      "length and holds its last value beyond (0 = off: --max-steps or one epoch)")
     lr: float = field(2e-4, help="peak learning rate (AdamW)")
     lr_scheduler: str = field("constant", choices=SCHEDULERS, help="learning-rate schedule after warm-up")
     warmup_steps: int = field(0, help="linear warm-up steps")
@@ -114,11 +132,17 @@ class RecoverConfig:
                      "gen_batch_size"):
             value = getattr(self, name)
             require(value >= 1, f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        for name in ("num_prompts", "kd_topk", "warmup_steps", "save_every"):
+        for name in ("num_prompts", "kd_topk", "warmup_steps", "save_every", "token_budget"):
             value = getattr(self, name)
             require(value >= 0, f"--{name.replace('_', '-')} must be 0 or more (got {value})")
         require(0.0 <= self.lora_dropout < 1.0, f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
         require(0.0 <= self.kd_weight <= 1.0, f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
+        for name in ("onpolicy_lambda", "onpolicy_beta"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1] (got {value})")
+        require(self.onpolicy_temperature > 0, f"--onpolicy-temperature must be positive (got {self.onpolicy_temperature})")
+        require(self.onpolicy_max_new_tokens >= 1,
+                f"--onpolicy-max-new-tokens must be at least 1 (got {self.onpolicy_max_new_tokens})")
         require(self.kd_temperature > 0, f"--kd-temperature must be positive (got {self.kd_temperature})")
         require(self.lr > 0, f"--lr must be positive (got {self.lr})")
         require(self.gen_decoding in DECODING, f"--gen-decoding {self.gen_decoding!r} is not one of {', '.join(DECODING)}")
@@ -140,7 +164,22 @@ class RecoverConfig:
     @property
     def needs_teacher(self) -> bool:
         """Self-generated data and distillation both need the unpruned model."""
-        return self.data == "self" or self.loss in ("kd", "mix")
+        return self.data == "self" or self.loss in ("kd", "mix", "onpolicy")
+
+    @property
+    def fully_on_policy(self) -> bool:
+        """Every micro-batch is the student's own samples: no teacher responses are needed."""
+        return self.loss == "onpolicy" and self.onpolicy_lambda >= 1.0
+
+    @property
+    def sequences(self) -> str:
+        """Whose sequences the loss is computed on, for the record."""
+        source = "teacher-generated" if self.data == "self" else "dataset"
+        if self.loss != "onpolicy":
+            return source
+        if self.fully_on_policy:
+            return "student-generated (on-policy)"
+        return f"student-generated (on-policy) in a fraction {self.onpolicy_lambda:g} of micro-batches, else {source}"
 
     def to_dict(self) -> dict:
         return asdict(self)

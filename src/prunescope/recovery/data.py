@@ -270,4 +270,16 @@ def tokenize_example(prompt: Prompt, response: str, tokenizer, max_seq_len: int,
     labels = ([-100] * len(ctx_ids) + comp_ids)[:max_seq_len]
     if all(t == -100 for t in labels):
         return None
-    return {"input_ids": ids, "labels": labels}
+    # context_len and stop let on-policy distillation sample its own response to the same context
+    return {"input_ids": ids, "labels": labels, "context_len": len(ctx_ids), "stop": prompt.stop}
+
+
+def prompt_example(prompt: Prompt, tokenizer, max_seq_len: int) -> dict | None:
+    """A context without a response, for fully on-policy distillation (the student writes the response);
+    None when the context leaves no room for one within ``max_seq_len``."""
+    from prunescope.eval.engine import encode
+
+    ctx_ids = encode(tokenizer, prompt.render(tokenizer))
+    if len(ctx_ids) >= max_seq_len:
+        return None
+    return {"input_ids": ctx_ids, "labels": [-100] * len(ctx_ids), "context_len": len(ctx_ids), "stop": prompt.stop}

@@ -46,6 +46,8 @@ def export(model, tokenizer, out: Path, *, config, summary: dict, metadata: dict
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
         "response_tokens": summary["response_tokens"],
+        "token_budget": summary.get("token_budget"),
+        "sequences": summary.get("sequences"),
         "final_loss": summary["final_loss"],
         "data": summary.get("data"),
         "versions": library_versions(),

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 TRAIN_LOG = "train_log.jsonl"
+ONPOLICY_SAMPLES = "onpolicy_samples.jsonl"  # --loss onpolicy: every response the student sampled, by step
 
 
 def example_order(num_examples: int, start: int, count: int, seed: int) -> list[int]:
@@ -83,6 +84,22 @@ def response_window(labels: torch.Tensor) -> int:
     return labels.size(1) - max(first - 1, 0)
 
 
+def planned_steps(examples: list[dict], config, world: int = 1) -> int:
+    """Optimizer steps the run is scheduled for: --max-steps, else one epoch; with --token-budget (and no
+    --max-steps) the steps the budget takes at the examples' mean response length (the sampled length
+    for fully on-policy runs is unknown: --onpolicy-max-new-tokens / 2 stands in). Only the learning-rate
+    schedule and the progress bar use the estimate; the budget itself is counted exactly."""
+    if config.max_steps:
+        return config.max_steps
+    if not config.token_budget:
+        return steps_for_one_epoch(len(examples), config, world)
+    from prunescope.recovery.onpolicy import response_count
+    mean = sum(response_count(e) for e in examples) / max(len(examples), 1)
+    if config.fully_on_policy or mean == 0:
+        mean = config.onpolicy_max_new_tokens / 2
+    return max(1, math.ceil(config.token_budget / (mean * config.batch_size * config.grad_accum * world)))
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 65_537 + rank) % (2 ** 63)
 
@@ -133,7 +150,12 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     """Train ``model`` (trainable parameters already chosen) on tokenized ``examples`` for
     ``config.max_steps`` optimizer steps (default one epoch). Checkpoints go to ``out/checkpoint`` every
     ``config.save_every`` steps and at the end; with ``resume`` an existing checkpoint is continued.
-    Returns the summary: steps, tokens_seen, response_tokens, wall_time, final_loss, tokens_per_second."""
+    With ``config.token_budget`` it trains until exactly that many response tokens have been trained on
+    (``onpolicy.cap_tokens`` cuts the last step). With ``config.loss == "onpolicy"`` each micro-batch is,
+    with probability ``onpolicy_lambda``, replaced by the student's own samples (``onpolicy.py``), logged
+    to ``out/onpolicy_samples.jsonl``.
+    Returns the summary: steps, tokens_seen, response_tokens, token_budget, budget_reached, sequences,
+    wall_time, final_loss, tokens_per_second."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -142,7 +164,12 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     out = Path(out)
     accelerator = Accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
-    max_steps = config.max_steps or steps_for_one_epoch(len(examples), config, world)
+    budget = config.token_budget
+    if budget and world > 1:
+        raise UsageError("--token-budget is counted exactly in one process only; run without accelerate launch "
+                         "(or with --num_processes 1), or use --max-steps")
+    max_steps = planned_steps(examples, config, world)
+    step_cap = config.max_steps if budget else max_steps  # a budget run stops at the budget (or --max-steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.weight_decay)
@@ -163,6 +190,11 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
             step, tokens_seen, response_tokens = state["step"], state["tokens_seen"], state["response_tokens"]
             wall_before = state["wall_time"]
             log.info("resuming from step %d of %d (%s)", step, max_steps, out / CHECKPOINT)
+    samples_path = out / ONPOLICY_SAMPLES
+    if config.loss == "onpolicy" and accelerator.is_main_process:
+        old = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()] \
+            if samples_path.is_file() else []
+        write_jsonl(samples_path, [r for r in old if r["step"] <= step])  # a resumed run replays the rest
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_step = config.batch_size * config.grad_accum * world
@@ -175,16 +207,36 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     def state_now() -> dict:
         return {"step": step, "data_position": step * per_step, "tokens_seen": tokens_seen,
                 "response_tokens": response_tokens, "wall_time": wall_before + time.perf_counter() - start,
-                "max_steps": max_steps, "num_examples": len(examples), "num_processes": world,
+                "max_steps": max_steps, "token_budget": budget, "num_examples": len(examples), "num_processes": world,
                 "rng": "reseeded every step from (seed, step, process index)", "config": config.to_dict()}
 
-    while step < max_steps:
+    def running() -> bool:
+        if budget:
+            return response_tokens < budget and (step_cap is None or step < step_cap)
+        return step < max_steps
+
+    while running():
         torch.manual_seed(_step_seed(config.seed, step, rank))
         order = example_order(len(examples), step * per_step, per_step, config.seed)
-        micro = []
+        chunks = []
         for a in range(config.grad_accum):
             first = (a * world + rank) * config.batch_size
-            micro.append(collate([examples[i] for i in order[first:first + config.batch_size]], pad_id))
+            chunks.append([examples[i] for i in order[first:first + config.batch_size]])
+        on_policy = 0
+        if config.loss == "onpolicy":
+            from prunescope.recovery.onpolicy import choose_sequences
+            chunks, on_policy = choose_sequences(unwrapped, tokenizer, chunks, config, step=step, rank=rank)
+            if accelerator.is_main_process:
+                with open(samples_path, "a", encoding="utf-8") as fh:
+                    for a, chunk in enumerate(chunks):
+                        for e in chunk:
+                            if e.get("on_policy"):
+                                fh.write(json.dumps({"step": step + 1, "micro": a, "context": e["input_ids"][:e["context_len"]],
+                                                     "response": e["response"]}) + "\n")
+        if budget:
+            from prunescope.recovery.onpolicy import cap_tokens
+            chunks = cap_tokens(chunks, budget - response_tokens)
+        micro = [collate(chunk, pad_id) for chunk in chunks]
         # Normalise by the response tokens of the whole step, so accumulation equals one larger batch.
         n_resp = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         step_loss = torch.zeros((), device=accelerator.device)
@@ -207,14 +259,16 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
                         teacher_logits = teacher(**inputs).logits
                 loss = recovery_loss_sum(config.loss, logits, labels, teacher_logits,
                                          kd_weight=config.kd_weight, temperature=config.kd_temperature,
-                                         topk=config.kd_topk) / max(n_resp, 1)
+                                         topk=config.kd_topk, beta=config.onpolicy_beta) / max(n_resp, 1)
                 accelerator.backward(loss)
             step_loss += loss.detach()
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        if not budget or step + 1 < max_steps:
+            # a --token-budget run may need more steps than planned: the schedule then holds its last value
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
@@ -225,15 +279,20 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
         last_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         wall = wall_before + time.perf_counter() - start
         rows.append({"step": step, "loss": last_loss, "tokens_seen": tokens_seen, "response_tokens": response_tokens,
-                     "lr": lr, "wall_time": round(wall, 3)})
+                     "lr": lr, "wall_time": round(wall, 3),
+                     **({"on_policy_micro_batches": on_policy} if config.loss == "onpolicy" else {})})
         bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens_seen / max(wall, 1e-9):.0f}")
         bar.update(1)
-        if accelerator.is_main_process and (step == max_steps or (config.save_every and step % config.save_every == 0)):
+        if accelerator.is_main_process and (not running() or (config.save_every and step % config.save_every == 0)):
             save_checkpoint(out, unwrapped, optimizer, scheduler, state_now(), rows)
         accelerator.wait_for_everyone()
     bar.close()
     model.eval()
     state = state_now()
+    on_policy_total = sum(r.get("on_policy_micro_batches", 0) for r in rows)
     return {"steps": step, "max_steps": max_steps, "tokens_seen": tokens_seen, "response_tokens": response_tokens,
+            "token_budget": budget or None, "budget_reached": (response_tokens >= budget) if budget else None,
+            "sequences": config.sequences,
+            **({"on_policy_micro_batches": on_policy_total} if config.loss == "onpolicy" else {}),
             "wall_time": state["wall_time"], "final_loss": last_loss,
             "tokens_per_second": tokens_seen / max(state["wall_time"], 1e-9)}

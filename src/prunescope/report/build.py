@@ -10,8 +10,12 @@ from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
 from prunescope.report.methods_section import TABLE_HEADERS, methods_section
+from prunescope.report.recovery_runs import CAPTION as RECOVERY_CAPTION
+from prunescope.report.recovery_runs import HEADERS as RECOVERY_HEADERS
+from prunescope.report.recovery_runs import recovery_rows
 from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_num, fmt_pct, kind_label, ordered,
                                       read_results_csv, spearman, study_info, write_results_csv)
+from prunescope.study.config import recovery_variants
 
 
 def _f(x, digits: int = 3) -> str:
@@ -52,7 +56,7 @@ def load_artifacts(run_dir: Path) -> dict:
     depth = [r for r in rows if r.get("method", "depth") in ("depth", "none")]
     criteria = ordered([r["criterion"] for r in depth if r["criterion"] != "none"], cfg.get("criteria"))
     return {
-        "unfinished": unfinished_cells(run_dir, cfg),
+        "unfinished": unfinished_cells(run_dir, cfg), "run_dir": run_dir,
         "info": info, "config": cfg, "rows": rows, "cells": cells, "num_layers": num_layers or 1,
         "scores": {c: scores[c][1] for c in ordered(scores, cfg.get("criteria"))},
         "ablation": read_json(ablation_path) if ablation_path.is_file() else None,
@@ -60,7 +64,7 @@ def load_artifacts(run_dir: Path) -> dict:
         "criteria": criteria,
         "ratios": sorted({r["ratio"] for r in depth if r["criterion"] != "none"}),
         "methods": ordered([r["recovery"] for r in rows if r["recovery"] != "none"],
-                           (cfg.get("recovery") or {}).get("methods")),
+                           [label for label, _, _ in recovery_variants(cfg.get("recovery") or {})]),
         "tasks": ordered([r["task"] for r in rows], cfg.get("tasks")),
     }
 
@@ -77,7 +81,7 @@ def unfinished_cells(run_dir: Path, cfg: dict) -> list[str]:
                 missing.append(f"{crit} r={float(ratio):g}")
             if (plan.get("criteria") is None or crit in plan["criteria"]) and \
                     (plan.get("ratios") is None or ratio in plan["ratios"]):
-                for method in plan.get("methods") or []:
+                for method, _, _ in recovery_variants(plan):
                     if not (cell / f"recovery-{method}" / "metrics.json").is_file():
                         missing.append(f"{crit} r={float(ratio):g} + {method} recovery")
     abl = cfg.get("ablation") or {}
@@ -268,6 +272,10 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
                   caption="Chance-adjusted retention per kind with its paired bootstrap 95% interval; decode speedup and "
                           "weight memory measured against the base. 'More/less than depth pruning' is said only when "
                           "the intervals do not overlap.")
+    recovered = recovery_rows(art["run_dir"]) if art.get("run_dir") else []
+    if recovered:
+        doc.heading("Recovery runs", 3)
+        doc.table(RECOVERY_HEADERS, recovered, caption=RECOVERY_CAPTION)
     doc.heading("Every result", 3)
     doc.table(["criterion", "ratio", "removed layers", "recovery", "task", "kind", "n", "accuracy", "95% CI",
                "chance", "retention [95%]", "adjusted [95%]"],

@@ -7,9 +7,11 @@ retention (accuracy / baseline accuracy) with retention_lo/hi, retention_adj ((a
 kind_retention_adj(_lo/_hi): mean adjusted retention of the row's kind in its cell; gap(_lo/_hi), verdict,
 gap_note: the cell's classification-minus-generation gap in mean adjusted retention (repeated on each
 row of the cell); method: ``none`` for the baseline, ``depth`` for the pruning grid, else the compression
-method of a ``methods:`` cell (study/methods_axis.py); decode_speedup(_lo/_hi), speed_verdict: the cell's measured
-decode speedup over the base with its rank interval over timed rounds and what it allows (``prunescope.speed``;
-pruned cells only, empty without an efficiency.json). Intervals are 95% paired bootstrap intervals over items (prunescope.stats), read from
+method of a ``methods:`` cell (study/methods_axis.py); recovery_tokens: the response tokens a recovered row's
+training took (recover.json), so recoveries compared at equal budget show that they were; decode_speedup(_lo/_hi),
+speed_verdict: the cell's measured decode speedup over the base with its rank interval over timed rounds and what
+it allows (``prunescope.speed``; pruned cells only, empty without an efficiency.json). Intervals are 95% paired
+bootstrap intervals over items (prunescope.stats), read from
 the samples.jsonl files. The baseline is the row set with criterion ``none``, ratio 0.
 """
 from __future__ import annotations
@@ -27,8 +29,8 @@ from prunescope.io import read_json, write_text
 COLUMNS = ["criterion", "ratio", "layers_removed", "removed", "recovery", "task", "kind", "n", "accuracy", "ci_lo",
            "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj", "retention_adj_lo",
            "retention_adj_hi", "adj_note", "kind_retention_adj", "kind_retention_adj_lo", "kind_retention_adj_hi",
-           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method", "recovery_data", "decode_speedup",
-           "decode_speedup_lo", "decode_speedup_hi", "speed_verdict"]
+           "gap", "gap_lo", "gap_hi", "verdict", "gap_note", "method", "recovery_data", "recovery_tokens",
+           "decode_speedup", "decode_speedup_lo", "decode_speedup_hi", "speed_verdict"]
 FLOATS = ["ratio", "accuracy", "ci_lo", "ci_hi", "chance", "retention", "retention_lo", "retention_hi", "retention_adj",
           "retention_adj_lo", "retention_adj_hi", "kind_retention_adj", "kind_retention_adj_lo",
           "kind_retention_adj_hi", "gap", "gap_lo", "gap_hi", "decode_speedup", "decode_speedup_lo", "decode_speedup_hi"]
@@ -115,12 +117,26 @@ def fmt_pct(x, missing: str = "-") -> str:
 
 
 def recovery_data_label(rdir: Path) -> str:
-    """What a recovery trained on, from its recover.json: e.g. "general recovery: self-instruct"."""
+    """What a recovery trained on, from its recover.json: e.g. "general recovery: self-instruct", with the
+    sequences' origin when they are not the teacher's ("student-generated (on-policy)") and the response
+    tokens trained."""
     path = rdir / "recover.json"
-    data = (read_json(path).get("data") or {}) if path.is_file() else {}
+    summary = read_json(path) if path.is_file() else {}
+    data = summary.get("data") or {}
     if not data:
         return ""
-    return f"{data.get('label', 'recovery')}: {data.get('prompt_source', '?')}"
+    label = f"{data.get('label', 'recovery')}: {data.get('prompt_source', '?')}"
+    if data.get("sequences") and data["sequences"] != "teacher-generated":
+        label += f", {data['sequences']} sequences"
+    if summary.get("response_tokens") is not None:
+        label += f", {summary['response_tokens']:,} tokens"
+    return label
+
+
+def recovery_tokens(rdir: Path) -> int | None:
+    """Response tokens a recovery trained on (recover.json), None when unrecorded."""
+    path = rdir / "recover.json"
+    return read_json(path).get("response_tokens") if path.is_file() else None
 
 
 def _speed_columns(cell: Path) -> dict:
@@ -149,7 +165,8 @@ def collect_results(run_dir: str | Path) -> list[dict]:
     cells = [p for p in (run_dir / "cells").glob("*/prunescope.json")] if (run_dir / "cells").is_dir() else []
     metas = [(read_json(p), p.parent) for p in cells]
     crit_order = {c: i for i, c in enumerate(cfg.get("criteria") or [])}
-    methods = list((cfg.get("recovery") or {}).get("methods") or [])
+    from prunescope.study.config import recovery_variants
+    methods = [label for label, _, _ in recovery_variants(cfg.get("recovery") or {})]
     metas.sort(key=lambda m: (crit_order.get(m[0]["criterion"], len(crit_order)), m[0]["criterion"], m[0]["ratio"]))
     for meta, cell in metas:
         if not (cell / "metrics.json").is_file():
@@ -166,8 +183,9 @@ def collect_results(run_dir: str | Path) -> list[dict]:
         for method in sorted(found, key=lambda m: (methods.index(m) if m in methods else len(methods), m)):
             rdir = cell / f"recovery-{method}"
             rec_rows = _rows_for(read_json(rdir / "metrics.json"), recovery=method, samples=_samples(rdir), **common)
-            data = recovery_data_label(rdir)
-            rows += [{**row, "method": meta.get("method", "depth"), "recovery_data": data} for row in rec_rows]
+            data, tokens = recovery_data_label(rdir), recovery_tokens(rdir)
+            rows += [{**row, "method": meta.get("method", "depth"), "recovery_data": data, "recovery_tokens": tokens}
+                     for row in rec_rows]
     return rows
 
 

@@ -23,6 +23,11 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 class RecoveryPlan:
     """Which cells are recovered, how, and what is kept."""
     methods: list[str] = field(default_factory=list)   # grid axis: lora | partial | full; [] = no recovery
+    # grid axis: sft | kd | mix | onpolicy, each a cell recovery-<method>-<loss>; [] = settings.loss, recovery-<method>
+    losses: list[str] = field(default_factory=list)
+    # with several losses and no settings.token_budget: every loss after the first trains on exactly the
+    # response tokens the first one trained on (its recover.json), so the comparison is at equal budget
+    equal_tokens: bool = True
     criteria: list[str] | None = None                   # criteria whose cells are recovered (None = all)
     ratios: list[float] | None = None                   # ratios whose cells are recovered (None = all)
     keep_merged: bool = False                           # keep recovery's merged checkpoint on disk
@@ -107,6 +112,10 @@ class StudyConfig:
             _need(r in self.ratios, f"recovery.ratios: {r} is not among ratios {self.ratios}")
         _need("method" not in plan.settings,
               "recovery.settings.method: list methods in recovery.methods instead (each is one grid axis value)")
+        _no_duplicates(plan.losses, "recovery.losses")
+        _need(not plan.losses or "loss" not in plan.settings,
+              "recovery.settings.loss: with recovery.losses set, list the losses there instead (one grid axis value "
+              "each)")
         eff = self.efficiency
         for key in ("prompt_tokens", "new_tokens", "repeats", "batch_size"):
             _need(getattr(eff, key) >= 1, f"efficiency.{key}: {getattr(eff, key)} must be at least 1")
@@ -131,6 +140,15 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def recovery_variants(plan: RecoveryPlan | dict) -> list[tuple[str, str, str | None]]:
+    """(label, method, loss) of every recovery a recovered cell gets, in config order: the label names its
+    folder ``recovery-<label>`` and its ``recovery`` value in results.csv (``lora``, or ``lora-kd`` when the
+    study has a ``recovery.losses`` axis). ``loss`` None: the loss of ``recovery.settings``."""
+    plan = dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else dict(plan or {})
+    losses = list(plan.get("losses") or [])
+    return [(f"{m}-{loss}" if loss else m, m, loss) for m in plan.get("methods") or [] for loss in (losses or [None])]
 
 
 def _need(condition: Any, message: str) -> None:

@@ -51,12 +51,16 @@ def method_label(spec: dict) -> str:
     name, settings = spec["method"], spec["settings"]
     if name == "quant":
         return f"quant-{settings['scheme']}"
+    if name == "replace" and settings.get("replacement", "layer") != "layer":
+        return f"replace-{settings['replacement']}"  # LLM-Streamline's FFN beside its layer replacement
     return f"{name}:{settings['criterion']}" if "criterion" in settings else name
 
 
 def method_cell_name(spec: dict) -> str:
     r = spec["ratio"]
     tag = f"-{spec['settings']['scheme']}" if spec["method"] == "quant" else ""
+    if spec["method"] == "replace" and spec["settings"].get("replacement", "layer") != "layer":
+        tag = f"-{spec['settings']['replacement']}"
     return f"method-{spec['method']}{tag}" + (f"-r{r:g}" if r is not None else "")
 
 

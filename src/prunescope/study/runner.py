@@ -15,6 +15,7 @@ Run folder layout::
     scores/<criterion>.json          (angular: scores/angular-k<k>.json, one per layer count)
     cells/<criterion>-r<ratio>/      prunescope.json, metrics.json, samples.jsonl, efficiency.json,
                                      recovery-<method>/{train_log.jsonl, recover.json, metrics.json, ...}
+                                     (recovery-<method>-<loss>/ with a recovery.losses axis)
     ablation/base.json, layer-<i>.json, ablation.json
     results.csv, report.md, report.html, figures/*.png
 """
@@ -32,13 +33,18 @@ from pathlib import Path
 
 from prunescope.errors import UsageError
 from prunescope.io import read_json, write_json
-from prunescope.study.config import StudyConfig
+from prunescope.study.config import StudyConfig, recovery_variants
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
 from prunescope.study.steps import Manifest, Step, plan_text, step_line
 
 log = logging.getLogger("prunescope.study")
 
+
+
+# Recovery settings that change how the responses are trained on, not which responses the teacher writes.
+TRAINING_ONLY = {"loss", "kd_topk", "kd_temperature", "kd_weight", "onpolicy_lambda", "onpolicy_beta",
+                 "onpolicy_temperature", "onpolicy_max_new_tokens", "token_budget", "max_steps"}
 
 
 def cell_name(criterion: str, ratio: float) -> str:
@@ -131,13 +137,23 @@ class StudyRun:
                                   lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d), work=items))
         for crit, r in cfg.recovered_cells():
             dep = scores_for(crit, counts[r])
-            for method in cfg.recovery.methods:
-                rdir = out / "cells" / cell_name(crit, r) / f"recovery-{method}"
+            firsts: dict[str, tuple[Step, Path]] = {}  # per method, the first loss's step: the token budget
+            for label, method, loss in recovery_variants(cfg.recovery):
+                rdir = out / "cells" / cell_name(crit, r) / f"recovery-{label}"
                 inputs = {**common, **evals, "criterion": crit, "ratio": r, "method": method,
                           "recovery": dict(cfg.recovery.settings), "after": {dep.key: dep.identity}}
-                steps.append(Step(f"{rdir.parent.name}/{rdir.name}", f"recover {method} {crit} r={r:g}", inputs,
-                                  [rdir / "metrics.json", rdir],
-                                  lambda c=crit, r=r, m=method, d=rdir: self.run_recovery(c, r, counts[r], m, d)))
+                budget_from = None
+                if loss is not None:
+                    inputs["loss"] = loss
+                    if method in firsts and self.equal_tokens_derived():
+                        first_step, budget_from = firsts[method]
+                        inputs["after"][first_step.key] = first_step.identity
+                step = Step(f"{rdir.parent.name}/{rdir.name}", f"recover {label} {crit} r={r:g}", inputs,
+                            [rdir / "metrics.json", rdir],
+                            lambda c=crit, r=r, m=method, d=rdir, lo=loss, b=budget_from:
+                            self.run_recovery(c, r, counts[r], m, d, loss=lo, budget_from=b))
+                firsts.setdefault(method, (step, rdir))
+                steps.append(step)
         if cfg.efficiency.enabled:
             eff = {**common, "efficiency": asdict(cfg.efficiency)}
             base_step = Step("efficiency/base", "efficiency base", eff, [out / "baseline/efficiency.json"],
@@ -252,15 +268,29 @@ class StudyRun:
                     criterion=criterion, overwrite=True)
         del pruned
 
-    def run_recovery(self, criterion: str, ratio: float, k: int, method: str, rdir: Path) -> None:
+    def equal_tokens_derived(self) -> bool:
+        """Whether losses after the first take their token budget from the first one's run."""
+        plan = self.config.recovery
+        return plan.equal_tokens and len(plan.losses) > 1 and not plan.settings.get("token_budget")
+
+    def run_recovery(self, criterion: str, ratio: float, k: int, method: str, rdir: Path, *, loss: str | None = None,
+                     budget_from: Path | None = None) -> None:
         cfg, plan = self.config, self.config.recovery
         settings = dict(plan.settings)
         settings.setdefault("seed", cfg.seed)
+        if loss is not None:
+            settings["loss"] = loss
+        if budget_from is not None:
+            # equal budget: exactly the response tokens the first loss trained on, however many steps it takes
+            settings["token_budget"] = int(read_json(budget_from / "recover.json")["response_tokens"])
+            settings["max_steps"] = None
         rconfig = self.stages.recover_config(method=method, **settings)
         summary = rdir / "recover.json"
         if not summary.is_file() or not (rdir / "merged" / "config.json").is_file():
-            # keyed by the settings that made it, so changed recovery settings never reuse old responses
-            key = Step("", "", {**self._common(), **settings}, [], lambda: None).identity
+            # keyed by the settings that made the responses (not by the loss or budget, which train on them),
+            # so changed settings never reuse old responses and the losses of one cell share them
+            data_settings = {k_: v for k_, v in settings.items() if k_ not in TRAINING_ONLY}
+            key = Step("", "", {**self._common(), **data_settings}, [], lambda: None).identity
             shared = self.out / "recovery-data" / key / "self_generated.jsonl"
             if shared.is_file() and not (rdir / shared.name).is_file():
                 # teacher responses depend only on the base model and the prompts: generate them once

@@ -129,7 +129,8 @@ def validate_names(config) -> None:
                 raise UsageError(f"unknown key recovery.settings.{key}; {hint}")
         for method in config.recovery.methods:
             try:
-                RecoverConfig(method=method, **config.recovery.settings)
+                for loss in config.recovery.losses or [None]:
+                    RecoverConfig(method=method, **config.recovery.settings, **({"loss": loss} if loss else {}))
             except UsageError as e:
                 raise UsageError(f"recovery: {e}") from None
 
