@@ -127,3 +127,19 @@ def write_tiny_gguf(path: Path, *, layers: int = 3) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def span_io(model, tok, a: int, b: int, texts):
+    """Input of block ``a`` and output of block ``b`` on ``texts``, one sequence at a time (no padding), read by
+    hooks (the last entry of ``hidden_states`` is after the final norm, so it is not a block's output)."""
+    from prunescope.models import get_layers
+    ins, outs = [], []
+    blocks = get_layers(model)
+    h1 = blocks[a].register_forward_pre_hook(
+        lambda m, args, kw: ins.append((args[0] if args else kw["hidden_states"]).detach()), with_kwargs=True)
+    h2 = blocks[b].register_forward_hook(lambda m, args, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
+    with torch.no_grad():
+        for t in texts:
+            model(**tok(t, return_tensors="pt"), use_cache=False)
+    h1.remove(), h2.remove()
+    return torch.cat(ins, 1), torch.cat(outs, 1)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from common import make_tiny_model, make_tokenizer
+from common import make_tiny_model, make_tokenizer, span_io
 
 from prunescope.methods import compress, save_compressed
 from prunescope.models import get_architecture, get_layers
@@ -28,18 +28,7 @@ def _logits(model, ids=IDS):
 
 
 def _span_io(model, tok, a, b):
-    """Input of block a and output of block b on TEXTS, one sequence at a time, read by hooks (the last
-    entry of ``hidden_states`` is after the final norm, so it is not a block's output)."""
-    ins, outs = [], []
-    blocks = get_layers(model)
-    h1 = blocks[a].register_forward_pre_hook(
-        lambda m, args, kw: ins.append((args[0] if args else kw["hidden_states"]).detach()), with_kwargs=True)
-    h2 = blocks[b].register_forward_hook(lambda m, args, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
-    with torch.no_grad():
-        for t in TEXTS:
-            model(**tok(t, return_tensors="pt"), use_cache=False)
-    h1.remove(), h2.remove()
-    return torch.cat(ins, 1), torch.cat(outs, 1)
+    return span_io(model, tok, a, b, TEXTS)
 
 
 def test_trained_ffn_beats_removing_the_span_and_reloads_equal(tmp_path):

@@ -246,6 +246,20 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def take_token(tokenizer, tok: int, i: int, generated: list[list[int]], texts: list[str], *, stop: Sequence[str],
+               eos: set[int], max_new_tokens: int, settled: Callable[[int, str], bool] | None = None) -> bool:
+    """Add greedy token ``tok`` to output ``i`` (not an end-of-sequence token) and say whether that output goes
+    on: False at end-of-sequence, a stop string (``texts[i]`` is cut before it), ``settled(i, text)`` or the
+    token budget."""
+    if tok in eos:
+        return False
+    generated[i].append(tok)
+    texts[i], stopped = truncate_at_stop(tokenizer.decode(generated[i], skip_special_tokens=True), stop)
+    if stopped or (settled is not None and settled(i, texts[i])):
+        return False
+    return len(generated[i]) < max_new_tokens
+
+
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, stop: Sequence[str],
                     eos: set[int], use_cache: bool, settled: Callable[[int, str], bool] | None = None) -> list[str]:
@@ -262,13 +276,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
     for step in range(max_new_tokens):
         keep = []
         for r, tok in enumerate(next_tok.tolist()):
-            i = rows[r]
-            if tok in eos:
-                continue
-            generated[i].append(tok)
-            text = tokenizer.decode(generated[i], skip_special_tokens=True)
-            texts[i], stopped = truncate_at_stop(text, stop)
-            if not stopped and not (settled is not None and settled(i, texts[i])):
+            if take_token(tokenizer, tok, rows[r], generated, texts, stop=stop, eos=eos, settled=settled,
+                          max_new_tokens=max_new_tokens):
                 keep.append(r)
         if not keep or step == max_new_tokens - 1:
             break

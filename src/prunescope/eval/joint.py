@@ -34,7 +34,7 @@ def score_and_generate_batch(model, tokenizer, prefix_cache, prefix_len: int,
     """For each (context, continuations) group: the sum log-prob of every continuation given the context,
     and the greedy continuation of the context (cut at a stop string, end-of-sequence, the token budget, or
     when ``settled(row, text)`` says so), all contexts starting with the cached ``prefix_len`` tokens."""
-    from prunescope.eval.engine import truncate_at_stop
+    from prunescope.eval.engine import take_token
 
     device = model_device(model)
     n = len(groups)
@@ -82,13 +82,8 @@ def score_and_generate_batch(model, tokenizer, prefix_cache, prefix_len: int,
     while True:
         kept, feed = [], []
         for r, tok in enumerate(next_tok.tolist()):
-            i = rows[r]
-            if tok in eos:
-                continue
-            generated[i].append(tok)
-            texts[i], stopped = truncate_at_stop(tokenizer.decode(generated[i], skip_special_tokens=True), stop)
-            stopped = stopped or (settled is not None and settled(i, texts[i]))
-            if not stopped and len(generated[i]) < max_new_tokens:
+            if take_token(tokenizer, tok, rows[r], generated, texts, stop=stop, eos=eos, settled=settled,
+                          max_new_tokens=max_new_tokens):
                 kept.append(r)
                 feed.append(tok)
         if not kept:

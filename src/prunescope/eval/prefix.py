@@ -199,7 +199,7 @@ def generate_batch(model, tokenizer, prefix_cache, prefix_len: int, suffixes: li
     up, else its last generated token — so rows stay equally long and never hold padding. A row
     that hits end-of-sequence, a stop string, the token budget or ``settled(row, text)`` leaves the batch. ``counts``, if
     given, receives the number of tokens generated per row."""
-    from prunescope.eval.engine import truncate_at_stop
+    from prunescope.eval.engine import take_token
     from prunescope.eval.forward import cache_of, forward, model_device
 
     device = model_device(model)
@@ -224,12 +224,8 @@ def generate_batch(model, tokenizer, prefix_cache, prefix_len: int, suffixes: li
                 cursor[i] += 1
                 keep.append(r)
                 continue
-            if tok in eos:
-                continue
-            generated[i].append(tok)
-            texts[i], stopped = truncate_at_stop(tokenizer.decode(generated[i], skip_special_tokens=True), stop)
-            stopped = stopped or (settled is not None and settled(i, texts[i]))
-            if not stopped and len(generated[i]) < max_new_tokens:
+            if take_token(tokenizer, tok, i, generated, texts, stop=stop, eos=eos, settled=settled,
+                          max_new_tokens=max_new_tokens):
                 keep.append(r)
                 feed.append(tok)
         if not keep:
