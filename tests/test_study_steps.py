@@ -128,3 +128,16 @@ def test_eta_text_minutes_seconds_and_clock(monkeypatch):
     assert eta_text([_step("cells/a"), _step("cells/b")], {"baseline": {"seconds": 65.5}}) == \
         ", about 2m11s left, done about 11:00"
     assert eta_text([_step("cells/a")], {"baseline": {"seconds": 5.0}}) == ", about 0m05s left, done about 10:58"
+
+
+def test_diff_keys_more_edges(tmp_path):
+    assert diff_keys(1, 1) == [] and diff_keys({"a": {"b": 1}}, {"a": {"b": 1}}) == []
+    # keys sorted before "after" still count; the dotted name keeps trailing letters
+    assert diff_keys({"a": 1, "after": {"s": "1"}, "boX": 1}, {"a": 2, "after": {"s": "2"}, "boX": 2}) == \
+        ["a", "after s", "boX"]
+    # an entry recorded without inputs: every input is new
+    mark = tmp_path / "m.json"
+    mark.write_text("{}")
+    (tmp_path / "steps.json").write_text(json.dumps({"k": {"identity": "old"}}))
+    step = _step(key="k", inputs={"seed": 1, "tasks": ["a"]}, outputs=[mark])
+    assert Manifest(tmp_path).reasons(step) == ["seed", "tasks"]

@@ -151,3 +151,57 @@ def test_check_gen_compares_the_first_integer():
     item = Item(id="x", prompt="p", gold=12, target=" 12")
     assert _check_gen(item, " 12 apples") and _check_gen(item, "12") and not _check_gen(item, " 1 2")
     assert not _check_gen(item, "twelve")
+
+
+def test_operands_cover_their_whole_range():
+    from prunescope.tasks.arithmetic import _operand
+    rng = random.Random(0)
+    one = {_operand(rng, 1) for _ in range(400)}
+    two = [_operand(rng, 2) for _ in range(3000)]
+    assert one == set(range(10)) and min(two) == 10 and max(two) == 99
+
+
+def test_binary_draws_by_hand():
+    from prunescope.tasks.arithmetic import _draw_binary
+    rng = random.Random(1)
+    subs = [_draw_binary("-", 2)(rng) for _ in range(300)]
+    for expr, value in subs:
+        a, b = (int(x) for x in expr.split(" - "))
+        assert value == a - b >= 0
+    adds = [_draw_binary("+", 1)(rng) for _ in range(100)]
+    assert all(v == int(e[0]) + int(e[-1]) for e, v in adds)
+    assert any(int(e[0]) < int(e[-1]) for e, _ in adds)  # only subtraction orders its operands
+    assert all(v == int(e[0]) * int(e[-1]) for e, v in (_draw_binary("*", 1)(rng) for _ in range(50)))
+
+
+def test_task_specs():
+    gen, mc = TASKS.get("arith_mul_2d_gen")(), TASKS.get("arith_mul_2d_mc")()
+    assert (gen.name, gen.family, gen.description) == (
+        "arith_mul_2d_gen", "arith_mul_2d", "2-digit multiplication (*), 5-shot, generate the number")
+    assert (mc.name, mc.family, mc.description) == (
+        "arith_mul_2d_mc", "arith_mul_2d", "2-digit multiplication (*), 5-shot, pick the result among 4")
+    item = gen.items(1)[0]
+    assert gen.check(item, f" {item.gold} and more") and not gen.check(item, " nothing")
+    first = TASKS.get("arith_mixed_first_digit")()
+    assert (first.name, first.kind, first.family) == ("arith_mixed_first_digit", "multiple_choice", "arith_mixed")
+    assert first.description == ("(a op b) op c, single digits, 3-shot: first digit of the answer, argmax over "
+                                 "the ten digits")
+    # the first-digit probe shows the arith_mixed_gen items: same ids, same contexts
+    mixed = TASKS.get("arith_mixed_gen")().items(8, seed=4)
+    firsts = first.items(8, seed=4)
+    assert [i.id for i in firsts] == [i.id for i in mixed] and [i.prompt for i in firsts] == [i.prompt for i in mixed]
+    assert mixed[0].id == "arith_mixed-eval-4-0"
+    assert len(TASKS.get("arith_add_2d_gen")().items(None)) == 200 and len(first.items(None)) == 200
+
+
+def test_short_families_say_how_many_questions_exist(capsys, monkeypatch):
+    from prunescope.tasks import sampling
+    monkeypatch.setattr(sampling, "_noticed", set())  # notices print once per process
+    items = TASKS.get("arith_mul_1d_gen")().items(150, seed=9)
+    assert len(items) < 100
+    assert "arith_mul_1d_gen: only" in capsys.readouterr().err
+
+
+def test_mixed_probe_answers_include_zero_and_repeat():
+    values = [it.gold for it in TASKS.get("arith_mixed_gen")().items(120, seed=0)]
+    assert 0 in values and len(set(values)) < len(values)  # questions are distinct, answers need not be
