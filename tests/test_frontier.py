@@ -48,7 +48,8 @@ def test_study_with_methods_axis_writes_method_rows_and_the_frontier(tiny_model_
             scoring={"calib": ["The quick brown fox jumps over the lazy dog. " * 4] * 2},
             efficiency={"prompt_tokens": 8, "new_tokens": 4, "repeats": 1, "warmup": 0},
             ablation={"enabled": False}, recovery={"methods": []},
-            methods=["merge", {"method": "width"}, {"method": "quant"}, {"method": "speculative"}],
+            methods=["merge", {"method": "width"}, {"method": "quant"}, {"method": "speculative"},
+                     {"method": "depth", "settings": {"criterion": "reverse"}}],
             out=str(tmp_path / "run")))
         run = run_study(cfg)
         build_report(run)
@@ -69,6 +70,13 @@ def test_study_with_methods_axis_writes_method_rows_and_the_frontier(tiny_model_
         eff = json.loads((run / "cells" / name / "efficiency.json").read_text())
         assert eff["speedup"]["decode"] > 0
     assert (run / "figures" / "frontier_methods.png").is_file()
+    # a method whose criterion the study already scored takes that removal; another scores on the study's calibration
+    depth_meta = json.loads((run / "cells" / "method-depth-r0.3" / "prunescope.json").read_text())
+    reverse_meta = json.loads((run / "cells" / "reverse-r0.3" / "prunescope.json").read_text())
+    assert depth_meta["scores_from"] == "scores/reverse.json"
+    assert depth_meta["removed_layers"] == reverse_meta["removed_layers"]
+    spec_meta = json.loads((run / "cells" / "method-speculative-r0.3" / "prunescope.json").read_text())
+    assert spec_meta["scores_from"] == "computed" and len(spec_meta["draft_removed_layers"]) == len(reverse_meta["removed_layers"])
 
 
 def test_only_unchanged_models_reuse_the_baseline():

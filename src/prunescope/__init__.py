@@ -28,6 +28,7 @@ _API = {
     "run_study": "prunescope.study",
     "measure_efficiency": "prunescope.study",
     "build_report": "prunescope.report",
+    "compare_runs": "prunescope.compare",
     "UsageError": "prunescope.errors",
 }
 

@@ -6,6 +6,7 @@ Each command module exposes ``Config`` (a dataclass, see prunescope.config), ``H
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -23,11 +24,28 @@ VERBS: dict[str, str] = {
     "study": "prunescope.study.command",
     "bench": "prunescope.study.bench_command",
     "report": "prunescope.report.command",
+    "compare": "prunescope.compare.command",
 }
 
 
 def _load(verb: str):
     return importlib.import_module(VERBS[verb])
+
+
+# Output flags every verb takes, from one parent parser. A verb whose Config has a field of the same name
+# receives the value (``progress`` already resolved against the terminal, see ``main``).
+COMMON_FIELDS = ("quiet", "progress")
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """The flags every verb shares: --quiet and --progress/--no-progress."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="print only warnings, errors and the result (no step or info lines, no progress bars)")
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help="progress bars (default: on when stderr is a terminal; a log or CI gets none)")
+    return common
 
 
 def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
@@ -41,11 +59,37 @@ def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
     from prunescope import __version__
     parser.add_argument("--version", action="version", version=f"prunescope {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    common = common_parser()
     for verb in verbs or VERBS:
         module = _load(verb)
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
-        add_arguments(p, module.Config)
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP, parents=[common])
+        add_arguments(p, module.Config, skip=COMMON_FIELDS)
     return parser
+
+
+@contextlib.contextmanager
+def output_flags(ns: argparse.Namespace):
+    """--quiet: the terminal gets warnings and errors only; bars only when asked for, not quiet, and on a
+    terminal (library bars left at tqdm's defaults follow the same rule). Undone on exit, for callers of
+    ``main`` in a longer-lived process."""
+    ns.quiet = bool(getattr(ns, "quiet", False))
+    ns.progress = bool(getattr(ns, "progress", True)) and not ns.quiet and sys.stderr.isatty()
+    handlers = [(h, h.level) for h in logging.getLogger().handlers]
+    tqdm_disable = os.environ.get("TQDM_DISABLE")
+    try:
+        if ns.quiet:
+            for handler, _ in handlers:
+                handler.setLevel(logging.WARNING)
+        if not ns.progress:
+            os.environ["TQDM_DISABLE"] = "1"
+        yield ns
+    finally:
+        for handler, level in handlers:
+            handler.setLevel(level)
+        if tqdm_disable is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_disable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from prunescope.config import from_args
         module = _load(ns.verb)
-        config = from_args(module.Config, ns)
-        return int(module.run(config) or 0)
+        with output_flags(ns):
+            config = from_args(module.Config, ns)
+            return int(module.run(config) or 0)
     except UsageError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)
         return 2

@@ -89,6 +89,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, flag: str = "
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    share_tree(tmp)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -97,6 +98,21 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, flag: str = "
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def share_tree(folder: str | os.PathLike) -> None:
+    """Give every file and folder under ``folder`` the mode a plain ``open``/``mkdir`` would: libraries
+    that write through a private temp file (transformers' safetensors shards, made 0600) otherwise leave
+    files only their owner can read."""
+    files, dirs = _umask_mode(0o666), _umask_mode(0o777)
+    os.chmod(folder, dirs)
+    for root, subdirs, names in os.walk(folder):
+        for name in subdirs:
+            os.chmod(os.path.join(root, name), dirs)
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, files)
 
 
 def _umask_mode(mode: int) -> int:

@@ -36,6 +36,7 @@ class Config:
     greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
                                   help="greedy_task: generation accuracy on calibration items (the paper) or the "
                                        "answer's teacher-forced probability (a fast proxy)")
+    progress: bool = field(True, help="progress bars while scoring (the command line shows them only on a terminal)")
     seed: int = field(0, help="random seed (random criterion, calibration windows, task items)")
     dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
     device: str = field("auto", help="auto, cpu or cuda")
@@ -71,7 +72,7 @@ def scoring_kwargs(config) -> dict:
     return dict(calib=config.calib, seed=config.seed, max_calib_tokens=config.max_calib_tokens,
                 calib_samples=config.calib_samples, calib_seq_len=config.calib_seq_len, tasks=config.tasks,
                 plus_rule=config.plus_rule, angular_tokens=config.angular_tokens,
-                greedy_objective=config.greedy_objective)
+                greedy_objective=config.greedy_objective, progress=getattr(config, "progress", True))
 
 
 def run(config: Config) -> int:

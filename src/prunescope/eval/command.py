@@ -23,6 +23,9 @@ class Config:
     device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
     progress: bool = field(True, help="show progress bars")
     backend: str = field("hf", help="hf (transformers, any device) or vllm (GPU, optional extra)", choices=["hf", "vllm"])
+    full_outputs: bool = field(False, help="decode every answer to its stop string or token budget, also where the "
+                                           "verdict is already decided (slower; keeps whole outputs and adds "
+                                           "degeneration measures)")
 
     def __post_init__(self):
         require(self.limit is None or self.limit > 0, f"--limit must be a positive number of items, got {self.limit}")
@@ -51,7 +54,7 @@ def run(config: Config) -> int:
     batch_size = config.batch_size if config.batch_size == "auto" else int(config.batch_size)
     report = evaluate(model, tokenizer, tasks, limit=config.limit, seed=config.seed, batch_size=batch_size,
                       baseline=config.baseline, out=config.out, progress=config.progress, chat=chat,
-                      model_name=config.model, backend=backend)
+                      model_name=config.model, backend=backend, full_outputs=config.full_outputs)
     print(format_table(report))
     if config.out:
         print(f"\nwrote {config.out} and samples.jsonl beside it")

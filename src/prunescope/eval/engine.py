@@ -25,7 +25,7 @@ of a context moves to its continuation; continuation tokens are the tail of the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -247,7 +247,7 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, stop: Sequence[str],
-                    eos: set[int], use_cache: bool) -> list[str]:
+                    eos: set[int], use_cache: bool, settled: Callable[[int, str], bool] | None = None) -> list[str]:
     device = model_device(model)
     pad = pad_id(tokenizer)
     ids, mask = left_pad(prompts, pad, device)
@@ -267,7 +267,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
             generated[i].append(tok)
             text = tokenizer.decode(generated[i], skip_special_tokens=True)
             texts[i], stopped = truncate_at_stop(text, stop)
-            if not stopped:
+            if not stopped and not (settled is not None and settled(i, texts[i])):
                 keep.append(r)
         if not keep or step == max_new_tokens - 1:
             break
@@ -292,9 +292,12 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None,
              batch_size: int | str = "auto", use_cache: bool = True, progress: bool = False,
-             desc: str = "generate", share_prefix: bool = True) -> list[str]:
+             desc: str = "generate", share_prefix: bool = True,
+             settled: Callable[[int, str], bool] | None = None) -> list[str]:
     """Greedy continuations of ``prompts`` (batched, KV cache), each cut at the first stop string (the
-    stop string itself is not kept) or at end-of-sequence; special tokens are dropped.
+    stop string itself is not kept) or at end-of-sequence; special tokens are dropped. ``settled(i, text)``,
+    when given, ends prompt ``i``'s continuation as soon as it returns True for the text so far (the
+    caller knows that no more text can change what it will conclude).
 
     Prompts are sorted by length and batched (``"auto"``: see ``prunescope.eval.batching``). With
     ``share_prefix`` (and ``use_cache``) the token prefix the prompts share runs once and batches
@@ -315,29 +318,33 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     for cluster in clusters:
         try:
             _generate_cluster(model, tokenizer, encoded, cluster, outputs, sizer, bar, plain=not share,
-                              max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
+                              max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache,
+                              settled=settled)
         except shared.Unshareable:
             _generate_cluster(model, tokenizer, encoded, shared.Cluster([], cluster.members), outputs, sizer, bar,
-                              plain=True, max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache)
+                              plain=True, max_new_tokens=max_new_tokens, stop=stop, eos=eos, use_cache=use_cache,
+                              settled=settled)
     bar.close()
     return outputs
 
 
 def _generate_cluster(model, tokenizer, encoded, cluster: shared.Cluster, outputs, sizer: BatchSizer, bar, *,
-                      plain: bool, max_new_tokens: int, stop, eos, use_cache: bool) -> None:
+                      plain: bool, max_new_tokens: int, stop, eos, use_cache: bool, settled=None) -> None:
     prefix_cache = None if plain else shared.run_prefix(model, cluster.prefix)
     p = len(cluster.prefix)
     members = sorted(cluster.members, key=lambda i: -len(encoded[i]))
     new_tokens: dict[int, int] = {}
 
     def run(batch: list[int]) -> None:
+        done = None if settled is None else (lambda row, text: settled(batch[row], text))  # row -> prompt index
         if plain:
             texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], max_new_tokens=max_new_tokens,
-                                    stop=stop, eos=eos, use_cache=use_cache)
+                                    stop=stop, eos=eos, use_cache=use_cache, settled=done)
         else:
             counts: list[int] = []
             texts = shared.generate_batch(model, tokenizer, prefix_cache, p, [encoded[i][p:] for i in batch],
-                                          max_new_tokens=max_new_tokens, stop=stop, eos=eos, counts=counts)
+                                          max_new_tokens=max_new_tokens, stop=stop, eos=eos, counts=counts,
+                                          settled=done)
             new_tokens.update(zip(batch, counts))
         for i, t in zip(batch, texts):
             outputs[i] = t
@@ -346,3 +353,56 @@ def _generate_cluster(model, tokenizer, encoded, cluster: shared.Cluster, output
         return sum(len(encoded[i]) - p + new_tokens.get(i, max_new_tokens) for i in batch)
 
     run_batches(members, sizer, run, tokens, on_done=bar.update)
+
+
+def score_and_generate(model, tokenizer, items: list[tuple[str, list[str]]], *, max_new_tokens: int,
+                       stop: list[str] | None = None, settled: Callable[[int, str], bool] | None = None,
+                       batch_size: int | str = "auto", progress: bool = False,
+                       desc: str = "score and generate") -> tuple[list[list[float]], list[str]] | None:
+    """``score_choices`` and ``generate`` on the same contexts with one pass over each context
+    (``prunescope.eval.joint``); the results equal the two calls'. None when that cannot be done exactly
+    (windowed attention, a choice that changes how its context tokenizes, a context that would be
+    truncated): the caller then makes the two calls."""
+    from prunescope.eval.joint import score_and_generate_batch
+
+    if shared.windowed_attention(model):
+        return None
+    groups: list[tuple[list[int], list[list[int]]]] = []
+    for context, choices in items:
+        pairs = [encode_pair(tokenizer, context, c) for c in choices]
+        ctx = pairs[0][0] if pairs else []
+        if not context or not ctx or any(p[0] != ctx or not p[1] for p in pairs) or ctx != encode(tokenizer, context):
+            return None
+        groups.append((ctx, [p[1] for p in pairs]))
+    max_len = _max_length(model)
+    if max_len and any(len(c) + max(max_new_tokens, *map(len, conts)) > max_len for c, conts in groups):
+        return None
+    stop, eos, pad = list(stop or []), _eos_ids(model, tokenizer), pad_id(tokenizer)
+    scores: list[list[float]] = [[] for _ in groups]
+    outputs = [""] * len(groups)
+    sizer = _sizer(model, batch_size, "score_and_generate")
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+    for cluster in shared.find_clusters([g[0] for g in groups]):
+        try:
+            prefix_cache = shared.run_prefix(model, cluster.prefix)
+        except shared.Unshareable:
+            return None
+        p = len(cluster.prefix)
+
+        def run(batch: list[int]) -> None:
+            done = None if settled is None else (lambda row, text: settled(batch[row], text))
+            s, t = score_and_generate_batch(model, tokenizer, prefix_cache, p, [groups[i] for i in batch], pad,
+                                            max_new_tokens=max_new_tokens, stop=stop, eos=eos, settled=done)
+            for i, si, ti in zip(batch, s, t):
+                scores[i], outputs[i] = si, ti
+
+        def tokens(batch: list[int]) -> int:
+            return sum(len(groups[i][0]) - p + sum(map(len, groups[i][1])) for i in batch)
+
+        try:
+            run_batches(sorted(cluster.members, key=lambda i: -len(groups[i][0])), sizer, run, tokens,
+                        on_done=bar.update)
+        except shared.Unshareable:
+            return None
+    bar.close()
+    return scores, outputs

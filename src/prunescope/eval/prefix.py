@@ -191,13 +191,13 @@ def score_batch(model, prefix_cache, prefix_len: int, groups: list[tuple[list[in
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prefix_cache, prefix_len: int, suffixes: list[list[int]], *,
                    max_new_tokens: int, stop: Sequence[str], eos: set[int],
-                   counts: list[int] | None = None) -> list[str]:
+                   counts: list[int] | None = None, settled=None) -> list[str]:
     """Greedy continuations of prompts ``prefix + suffix`` (the prefix already in ``prefix_cache``).
 
     The first ``m`` suffix tokens (``m`` the shortest suffix) run in one pass without padding; then
     every step feeds one token per row — the next prompt token of a row whose prompt is not used
     up, else its last generated token — so rows stay equally long and never hold padding. A row
-    that hits end-of-sequence, a stop string or the token budget leaves the batch. ``counts``, if
+    that hits end-of-sequence, a stop string, the token budget or ``settled(row, text)`` leaves the batch. ``counts``, if
     given, receives the number of tokens generated per row."""
     from prunescope.eval.engine import truncate_at_stop
     from prunescope.eval.forward import cache_of, forward, model_device
@@ -228,6 +228,7 @@ def generate_batch(model, tokenizer, prefix_cache, prefix_len: int, suffixes: li
                 continue
             generated[i].append(tok)
             texts[i], stopped = truncate_at_stop(tokenizer.decode(generated[i], skip_special_tokens=True), stop)
+            stopped = stopped or (settled is not None and settled(i, texts[i]))
             if not stopped and len(generated[i]) < max_new_tokens:
                 keep.append(r)
                 feed.append(tok)

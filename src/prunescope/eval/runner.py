@@ -37,6 +37,56 @@ class HFBackend:
         return engine.generate(self.model, self.tokenizer, prompts, **kw)
 
 
+class _Answered:
+    """A backend that answers from results already computed: a matched pair's shared pass over its contexts
+    (``engine.score_and_generate``), handed to each task of the pair in turn."""
+
+    def __init__(self, scores, outputs, seconds: float, partner: str):
+        self.scores, self.outputs, self.seconds, self.partner = scores, outputs, seconds, partner
+
+    def score_choices(self, items, **_):
+        return self.scores
+
+    def generate(self, prompts, **_):
+        return self.outputs
+
+
+def _shared_passes(model, tokenizer, tasks: list[Task], *, limit, seed, batch_size, chat, progress,
+                   full_outputs) -> dict[str, _Answered]:
+    """Matched pairs among ``tasks`` whose items render the same contexts, each evaluated in one pass over
+    those contexts: ``{task name: answers}`` for both tasks of each pair (pairs that cannot share are left
+    out and evaluate on their own)."""
+    by_name = {t.name: t for t in tasks}
+    answered: dict[str, _Answered] = {}
+    for mc in tasks:
+        gen = by_name.get(mc.pair or "")
+        if (mc.kind != "multiple_choice" or gen is None or gen.kind != "generate" or not (mc.matched and gen.matched)
+                or mc.evaluate_fn or gen.evaluate_fn or mc.name in answered):
+            continue
+        mc_items, gen_items = mc.items(limit, seed=seed, split="eval"), gen.items(limit, seed=seed, split="eval")
+        contexts = [mc.render(it, tokenizer, chat=chat) for it in mc_items]
+        if ([it.id for it in mc_items] != [it.id for it in gen_items]
+                or contexts != [gen.render(it, tokenizer, chat=chat) for it in gen_items]):
+            continue
+        from prunescope.tasks.rules import token_prefix_problems
+        problems = token_prefix_problems(mc, mc_items, tokenizer, chat=chat)
+        if problems:
+            raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
+        settled = None
+        if gen.settled is not None and not full_outputs:
+            settled = lambda i, text, g=gen, its=gen_items: g.settled(its[i], text)  # noqa: E731
+        start = time.perf_counter()
+        result = engine.score_and_generate(model, tokenizer, [(c, it.choices) for c, it in zip(contexts, mc_items)],
+                                           max_new_tokens=gen.max_new_tokens, stop=gen.stop, settled=settled,
+                                           batch_size=batch_size, progress=progress, desc=f"{mc.name} + {gen.name}")
+        if result is None:
+            continue
+        half = (time.perf_counter() - start) / 2
+        answered[mc.name] = _Answered(result[0], None, half, gen.name)
+        answered[gen.name] = _Answered(None, result[1], half, mc.name)
+    return answered
+
+
 def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, chat, progress):
     contexts = [task.render(it, tokenizer, chat=chat) for it in items]
     scores = backend.score_choices([(c, it.choices) for c, it in zip(contexts, items)],
@@ -53,10 +103,13 @@ def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, c
     return flags, extras, samples
 
 
-def _run_generate(task: Task, items, backend, tokenizer, *, batch_size, chat, progress):
+def _run_generate(task: Task, items, backend, tokenizer, *, batch_size, chat, progress, full_outputs=False):
     prompts = [task.render(it, tokenizer, chat=chat) for it in items]
+    kw = {}
+    if task.settled is not None and not full_outputs:
+        kw["settled"] = lambda i, text: task.settled(items[i], text)
     outputs = backend.generate(prompts, max_new_tokens=task.max_new_tokens, stop=task.stop,
-                               batch_size=batch_size, progress=progress, desc=task.name)
+                               batch_size=batch_size, progress=progress, desc=task.name, **kw)
     details: list[dict[str, Any]] = [{} for _ in items]
     if task.check_all is not None:
         checked = task.check_all(items, outputs)
@@ -71,7 +124,10 @@ def _run_generate(task: Task, items, backend, tokenizer, *, batch_size, chat, pr
         flags = [bool(task.check(it, o)) for it, o in zip(items, outputs)]
     else:
         flags = [o.strip() == str(it.gold).strip() for it, o in zip(items, outputs)]
-    extras: dict[str, Any] = {"degeneration": degeneration(outputs)}
+    if kw:  # outputs may end where their verdict was decided: their length and repetition say nothing
+        extras: dict[str, Any] = {"outputs": "may stop once the verdict is decided (full_outputs=False)"}
+    else:
+        extras = {"degeneration": degeneration(outputs)}
     if task.extra_metrics is not None:
         extras.update(task.extra_metrics(items, outputs))
     samples = [{"task": task.name, "id": it.id, "prompt": p, "output": o, "gold": it.gold, "correct": f, **d}
@@ -80,9 +136,11 @@ def _run_generate(task: Task, items, backend, tokenizer, *, batch_size, chat, pr
 
 
 def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, seed: int = 0,
-                  batch_size: int | str = "auto", chat: bool | None = None, progress: bool = True, backend=None):
+                  batch_size: int | str = "auto", chat: bool | None = None, progress: bool = True, backend=None,
+                  full_outputs: bool = False):
     """(metrics, samples) of one task. ``backend`` (default: the HF engine on ``model``) is any object
-    with ``score_choices(items, **kw)`` and ``generate(prompts, **kw)``, e.g. a VllmBackend."""
+    with ``score_choices(items, **kw)`` and ``generate(prompts, **kw)``, e.g. a VllmBackend. Generation
+    stops once a task's ``settled`` says the verdict is decided, unless ``full_outputs``."""
     backend = backend or HFBackend(model, tokenizer)
     start = time.perf_counter()
     if task.evaluate_fn is not None:
@@ -98,23 +156,31 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, see
             problems = token_prefix_problems(task, items, tokenizer, chat=chat)
             if problems:
                 raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
-        run = _run_multiple_choice if task.kind == "multiple_choice" else _run_generate
-        flags, extras, samples = run(task, items, backend, tokenizer, batch_size=batch_size, chat=chat,
-                                     progress=progress)
+        if task.kind == "multiple_choice":
+            flags, extras, samples = _run_multiple_choice(task, items, backend, tokenizer, batch_size=batch_size,
+                                                          chat=chat, progress=progress)
+        else:
+            flags, extras, samples = _run_generate(task, items, backend, tokenizer, batch_size=batch_size, chat=chat,
+                                                   progress=progress, full_outputs=full_outputs)
         # Chance from the items just scored: the best answer-blind strategy on them (tasks/chance.py).
         chance, strategy = chance_of(task.kind, items)
         metrics = {**summarise(flags, kind=task.kind, chance=chance), "chance_strategy": strategy, **extras}
     if task.pair:
         metrics["pair"] = {"task": task.pair, "matched": task.matched}
     metrics["bos"] = adds_bos(tokenizer)
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    seconds = time.perf_counter() - start
+    if isinstance(backend, _Answered):  # half of the pass it shared with its partner
+        seconds += backend.seconds
+        metrics["shared_pass"] = backend.partner
+    metrics["seconds"] = round(seconds, 3)
     return metrics, samples
 
 
 def evaluate(model, tokenizer, tasks: list[str | Task], *, limit: int | None = None, seed: int = 0,
              batch_size: int | str = "auto", baseline: dict | str | Path | None = None,
              out: str | Path | None = None, progress: bool = True, chat: bool | None = None,
-             data: str | Path | None = None, model_name: str | None = None, backend=None) -> dict[str, Any]:
+             data: str | Path | None = None, model_name: str | None = None, backend=None,
+             full_outputs: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` (names or Task objects) and return the metrics.json content
     ``{model, seed, limit, tasks: {name: {kind, n, accuracy, ci95, chance, normalized, retention?, …}}}``.
 
@@ -122,7 +188,10 @@ def evaluate(model, tokenizer, tasks: list[str | Task], *, limit: int | None = N
     dict or a path to metrics.json) adds ``retention``; ``out`` (a path to metrics.json) writes it and
     ``samples.jsonl`` beside it, atomically. ``chat`` forces the chat template on or off (None: as each
     task asks, when the tokenizer has one). ``data`` is passed to tasks that read a dataset (GSM8K).
-    ``backend`` replaces the HF engine (e.g. ``VllmBackend``; ``model`` may then be None).
+    ``backend`` replaces the HF engine (e.g. ``VllmBackend``; ``model`` may then be None). A generated
+    answer stops as soon as its task can tell that more text would not change its verdict (tasks with
+    ``settled``, e.g. an addition whose number is complete); ``full_outputs`` decodes every answer to its
+    stop string or token budget instead, for reading the outputs or measuring their degeneration.
     """
     from prunescope.io import read_json, write_json, write_jsonl
 
@@ -136,9 +205,14 @@ def evaluate(model, tokenizer, tasks: list[str | Task], *, limit: int | None = N
         model.eval()
     results: dict[str, Any] = {}
     all_samples: list[dict[str, Any]] = []
+    answered = {}
+    if backend is None and model is not None:  # the HF engine runs a matched pair's contexts once
+        answered = _shared_passes(model, tokenizer, resolved, limit=limit, seed=seed, batch_size=batch_size,
+                                  chat=chat, progress=progress, full_outputs=full_outputs)
     for task in resolved:
         metrics, samples = evaluate_task(model, tokenizer, task, limit=limit, seed=seed, batch_size=batch_size,
-                                         chat=chat, progress=progress, backend=backend)
+                                         chat=chat, progress=progress, backend=answered.get(task.name, backend),
+                                         full_outputs=full_outputs)
         results[task.name] = metrics
         all_samples += samples
     if baseline is not None:

@@ -8,6 +8,7 @@ setting is an error that names the known ones, and the record holds the settings
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -86,12 +87,14 @@ def parse_settings(text: str | None) -> dict[str, str]:
 
 
 def compress(model, tokenizer, method: str, *, ratio: float | None = None, calib=None,
-             settings: dict[str, Any] | None = None, seed: int = 0) -> Compressed:
+             settings: dict[str, Any] | None = None, seed: int = 0, scoring: dict[str, Any] | None = None) -> Compressed:
     """Compress ``model`` **in place** with ``method`` (see ``METHODS.names()``) and return a ``Compressed``.
 
     ``ratio`` is the budget as a fraction of the decoder layers (0.25 = the size of cutting a quarter of the
     blocks); width pruning matches that parameter count, the speculative draft drops that many blocks, and
     quantization, whose budget is its bit width, ignores it. ``calib`` is calibration text as for criteria.
+    ``scoring``, for methods that pick layers with a criterion (depth, speculative), is passed to
+    ``methods.depth.choose_removed``: extra ``score_layers`` arguments, or a removal already chosen.
     """
     from prunescope.study.efficiency import parameter_counts
 
@@ -100,7 +103,8 @@ def compress(model, tokenizer, method: str, *, ratio: float | None = None, calib
         raise UsageError(f"--ratio {ratio} must be strictly between 0 and 1 (a fraction of the layers)")
     resolved = resolve_settings(method, settings)
     before = parameter_counts(model)["total"]
-    result = spec.fn(model, tokenizer, ratio=ratio, calib=calib, settings=resolved, seed=seed)
+    extra = {"scoring": scoring} if "scoring" in inspect.signature(spec.fn).parameters else {}
+    result = spec.fn(model, tokenizer, ratio=ratio, calib=calib, settings=resolved, seed=seed, **extra)
     record = {"method": method, "ratio": ratio, "settings": resolved, "seed": seed,
               "parameters_before": before, **result.record}
     record.setdefault("parameters_after", parameter_counts(result.model)["total"])

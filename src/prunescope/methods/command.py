@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from prunescope.config import field
+from prunescope.models.checkpoint import CHOICES as CHECKPOINT_DTYPES, DTYPE_HELP
 from prunescope.errors import UsageError
 from prunescope.methods.base import METHODS
 
@@ -20,7 +21,7 @@ class Config:
     settings: str | None = field(None, help="method settings as key=value,key=value (e.g. criterion=angular)")
     calib: str | None = field(None, help="calibration JSONL file or hub dataset id")
     seed: int = field(0, help="random seed")
-    dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
+    dtype: str = field("auto", choices=CHECKPOINT_DTYPES, help=DTYPE_HELP)
     device: str = field("auto", help="auto, cpu or cuda")
     overwrite: bool = field(False, help="replace a non-empty --out folder")
 
@@ -47,7 +48,7 @@ def run(config: Config) -> int:
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     result = compress(model, tokenizer, config.method, ratio=config.ratio, calib=config.calib,
                       settings=parse_settings(config.settings), seed=config.seed)
-    save_compressed(result, tokenizer, config.out, base=config.model, overwrite=config.overwrite)
+    save_compressed(result, tokenizer, config.out, base=config.model, overwrite=config.overwrite, dtype=config.dtype)
     r = result.record
     print(f"{config.method}: {describe(r)}")
     print(f"parameters: {r['parameters_before']:,} -> {r['parameters_after']:,}")

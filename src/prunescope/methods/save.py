@@ -63,15 +63,21 @@ evaluate both (`prunescope eval`) before shipping. `prunescope.json` records how
 """
 
 
-def save_compressed(result, tokenizer, out: str | os.PathLike, *, base: str, overwrite: bool = False) -> Path:
+def save_compressed(result, tokenizer, out: str | os.PathLike, *, base: str, overwrite: bool = False,
+                    dtype: str | None = "auto") -> Path:
     """Write ``result`` (a ``Compressed``) to ``out`` atomically: weights (safetensors), config, tokenizer,
-    ``prunescope.json`` (the method's record) and ``README.md``."""
+    ``prunescope.json`` (the method's record) and ``README.md``. Weights are written in ``dtype`` (``auto``:
+    the base model's stored dtype, see ``models.checkpoint``; a quantized model is saved as it is)."""
+    from prunescope.models.checkpoint import checkpoint_dtype, is_quantized, save_weights
     from prunescope.pruning.save import library_versions
 
-    record = {"base_model": base, **result.record, "versions": library_versions(),
+    save_dtype, dtype_from = checkpoint_dtype(dtype, base, result.model)
+    record = {"base_model": base, **result.record, "dtype_from": dtype_from, "versions": library_versions(),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        result.model.save_pretrained(tmp, safe_serialization=True)
+        record["dtype"] = save_weights(result.model, tmp, save_dtype)
+        if is_quantized(result.model):
+            record["dtype_from"] = "quantized weights are saved as they are"
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / "prunescope.json", record)

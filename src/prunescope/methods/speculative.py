@@ -127,7 +127,7 @@ def acceptance(new_tokens: int, stats: dict) -> float | None:
 @register_method("speculative", defaults={"criterion": "block_influence", "num_assistant_tokens": 5,
                                           "schedule": "constant", "confidence_threshold": 0.4},
                  summary="depth-pruned draft (shared weights) for lossless assisted generation")
-def speculative(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
+def speculative(model, tokenizer, *, ratio, calib, settings, seed, scoring=None) -> Compressed:
     """Build a draft without ``ratio`` of the blocks (chosen by ``settings["criterion"]``); the model itself is
     unchanged. Generate with ``model.generate(ids, assistant_model=result.draft)``."""
     from prunescope.methods.depth import choose_removed
@@ -136,7 +136,7 @@ def speculative(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed
     if ratio is None:
         raise UsageError("method speculative needs --ratio (the fraction of layers the draft skips)")
     removed, scores = choose_removed(model, tokenizer, ratio=ratio, criterion=settings["criterion"], calib=calib,
-                                     seed=seed)
+                                     seed=seed, scoring=scoring)
     draft = make_draft(model, removed=removed)
     gc = draft.generation_config
     gc.num_assistant_tokens = settings["num_assistant_tokens"]
@@ -144,7 +144,7 @@ def speculative(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed
     gc.assistant_confidence_threshold = settings["confidence_threshold"]
     return Compressed(model, {"reference": REFERENCE, "draft_removed_layers": removed,
                               "num_layers": num_layers(model), "draft_layers": num_layers(draft),
-                              "scores": scores["scores"], "lossless": True}, draft=draft)
+                              "scores": scores["scores"], "scores_from": scores.get("source", "computed"), "lossless": True}, draft=draft)
 
 
 def measure_speculative(model, draft, tokenizer, prompts: list[str], *, new_tokens: int = 32, repeats: int = 3,

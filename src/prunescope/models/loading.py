@@ -104,6 +104,8 @@ def default_model_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        from prunescope.io import share_tree
+        share_tree(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     finally:

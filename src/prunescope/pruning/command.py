@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from prunescope.config import field
+from prunescope.models.checkpoint import CHOICES as CHECKPOINT_DTYPES, DTYPE_HELP
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
 
@@ -34,8 +35,9 @@ class Config:
     angular_tokens: str = field("last", choices=["last", "all"], help="angular: last token (the paper) or all tokens")
     greedy_objective: str = field("generate", choices=["generate", "teacher_forced"],
                                   help="greedy_task: generation accuracy (the paper) or teacher-forced proxy")
+    progress: bool = field(True, help="progress bars while scoring (the command line shows them only on a terminal)")
     seed: int = field(0, help="random seed for the criterion (calibration windows, random order, task items)")
-    dtype: str = field("auto", help="auto, float32, bfloat16 or float16")
+    dtype: str = field("auto", choices=CHECKPOINT_DTYPES, help=DTYPE_HELP)
     device: str = field("auto", help="auto, cpu or cuda")
     overwrite: bool = field(False, help="replace a non-empty --out folder")
 
@@ -133,7 +135,7 @@ def run(config: Config) -> int:
     drop_layers(model, layers=removed)
     after_params = sum(p.numel() for p in model.parameters())
     save_pruned(model, tokenizer, config.out, base=config.model, removed=removed, num_layers_before=before_layers,
-                criterion=criterion, scores=scores, overwrite=config.overwrite)
+                criterion=criterion, scores=scores, overwrite=config.overwrite, dtype=config.dtype)
     print(f"removed layers (0-based): {', '.join(map(str, removed))}"
           f"{f' (chosen by {criterion})' if criterion else ''}")
     print(f"layers: {before_layers} -> {num_layers(model)}")

@@ -70,22 +70,26 @@ this cut from the base model; `prunescope.json` records how it was made.
 
 
 def check_reloads_equal(model, folder: Path) -> None:
-    """Reload ``folder`` with plain transformers and compare logits with ``model`` on a short input;
-    a UsageError (nothing saved) when they differ. Used for families prunescope only auto-detected,
-    whose index-dependent behaviour the architecture table does not describe."""
+    """Reload ``folder`` with plain transformers (in the dtype it was saved in) and compare logits with
+    ``model`` cast to that dtype on a short input; a UsageError (nothing saved) when they differ. Used for
+    families prunescope only auto-detected, whose index-dependent behaviour the architecture table does not
+    describe."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from prunescope.errors import UsageError
+    from prunescope.models.checkpoint import cast_copy
     param = next(model.parameters())
     vocab = int(getattr(model.config, "vocab_size", 0) or 2)
     ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab)[None]
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype).to(param.device).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).to(param.device).eval()
+    saved = next(reloaded.parameters()).dtype
+    reference = model if saved == param.dtype else cast_copy(model, saved)
     with torch.no_grad():
-        diff = float((model(input_ids=ids, use_cache=False).logits.float()
+        diff = float((reference(input_ids=ids, use_cache=False).logits.float()
                       - reloaded(input_ids=ids, use_cache=False).logits.float()).abs().max())
-    del reloaded
-    tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+    del reloaded, reference
+    tolerance = 1e-4 if saved == torch.float32 else 5e-2
     if not diff <= tolerance:
         raise UsageError(f"refusing to save: model_type {model.config.model_type!r} is not in prunescope's "
                          f"architecture table and the saved cut reloads with different logits (max difference "
@@ -93,15 +97,21 @@ def check_reloads_equal(model, folder: Path) -> None:
 
 
 def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed: list[int], num_layers_before: int,
-                criterion: str | None = None, scores: dict | None = None, overwrite: bool = False) -> Path:
+                criterion: str | None = None, scores: dict | None = None, overwrite: bool = False,
+                dtype: str | None = "auto") -> Path:
     """Write a pruned model to ``out`` atomically: safetensors weights, config, tokenizer with its chat
     template, ``prunescope.json``, a ``README.md`` model card and a mergekit ``mergekit.yaml``.
+
+    The weights are written in ``dtype``: ``auto`` is the base model's stored dtype (a GGUF file's type,
+    a config's ``dtype``; else bfloat16, see ``models.checkpoint``); the model in memory is not changed.
 
     ``removed`` are 0-based indices of the base model's blocks. ``base`` is the model spec as typed;
     mergekit.yaml and the card name what mergekit can load (``models.loading.mergeable_base``).
     """
+    from prunescope.models.checkpoint import checkpoint_dtype, save_weights
     from prunescope.models.loading import mergeable_base
     resolved, note, is_hub = mergeable_base(base)
+    save_dtype, dtype_from = checkpoint_dtype(dtype, base, model)
     meta = {
         "base_model": base,
         "base_model_resolved": resolved,
@@ -113,17 +123,18 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, *, base: str, removed:
         "criterion": criterion,
         "scores": scores,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(save_dtype).replace("torch.", ""),
+        "dtype_from": dtype_from,
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        meta["dtype"] = save_weights(model, tmp, save_dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / "prunescope.json", meta)
         write_text(tmp / "README.md", model_card(meta))
-        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        write_text(tmp / "mergekit.yaml", mergekit_yaml(resolved, removed, num_layers_before, dtype, note))
+        write_text(tmp / "mergekit.yaml", mergekit_yaml(resolved, removed, num_layers_before, meta["dtype"], note))
         from prunescope.models.architectures import get_architecture
         if get_architecture(model).detected:
             check_reloads_equal(model, tmp)

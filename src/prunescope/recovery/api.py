@@ -163,7 +163,7 @@ def build_training_examples(prompts, tokenizer, config, *, out: Path, teacher_na
 
 
 def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: RecoverConfig, out: str | Path,
-            overwrite: bool = False, resume: bool = True) -> dict:
+            overwrite: bool = False, resume: bool = True, dtype: str | None = "auto") -> dict:
     """Train a pruned ``model`` to recover, writing into ``out``: ``adapter/`` (LoRA), ``merged/`` (a full
     checkpoint plain transformers loads), ``train_log.jsonl``, ``self_generated.jsonl`` (teacher responses,
     reused by later runs with the same teacher, prompts and decoding settings), ``checkpoint/`` (resume state)
@@ -174,6 +174,7 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
     ``loss="kd"``/``"mix"``; when None it is loaded from base_model in the pruned folder's prunescope.json.
     With ``resume`` a checkpoint in ``out`` made with the same settings is continued (a larger
     ``max_steps`` trains further); ``overwrite`` starts over (the teacher-response cache is kept).
+    ``merged/`` is written in ``dtype`` (``auto``: the dtype the pruned model is stored in).
     Returns {steps, tokens_seen, response_tokens, wall_time, final_loss, tokens_per_second, data, paths}.
     """
     from accelerate import PartialState
@@ -240,7 +241,7 @@ def recover(model, tokenizer, *, teacher=None, teacher_tokenizer=None, config: R
     summary["paths"] = paths
     if state.is_main_process:
         from prunescope.recovery.export import export
-        export(model, tokenizer, out, config=config, summary=summary, metadata=metadata, source=source)
+        export(model, tokenizer, out, config=config, summary=summary, metadata=metadata, source=source, dtype=dtype)
         write_json(out / SUMMARY, {**summary, "config": config.to_dict()})
     state.wait_for_everyone()
     return summary

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 
 from prunescope.config import field, require
+from prunescope.models.checkpoint import CHOICES as CHECKPOINT_DTYPES, DTYPE_HELP
 from prunescope.errors import UsageError
 from prunescope.recovery.config import RecoverConfig
 
@@ -22,7 +23,7 @@ class Config(RecoverConfig):
                                        "checkpoint/")
     overwrite: bool = field(False, help="start over in a non-empty --out (the teacher-response cache is kept)")
     resume: bool = field(True, help="continue from --out/checkpoint when it exists")
-    dtype: str = field("auto", help="weights dtype: auto (bfloat16 on GPU, else float32), float32, bfloat16, float16")
+    dtype: str = field("auto", choices=CHECKPOINT_DTYPES, help=DTYPE_HELP)
     device: str = field("auto", help="auto, cpu or cuda")
 
     def validate(self) -> None:
@@ -59,7 +60,7 @@ def run(config: Config) -> int:
         teacher.prunescope_source = config.teacher
     summary = recover(model, tokenizer, teacher=teacher, teacher_tokenizer=None,
                       config=RecoverConfig.from_config(config), out=config.out, overwrite=config.overwrite,
-                      resume=config.resume)
+                      resume=config.resume, dtype=config.dtype)
     print(f"recovered in {summary['steps']} steps: {summary['tokens_seen']:,} tokens "
           f"({summary['response_tokens']:,} trained), {summary['wall_time']:.1f}s "
           f"({summary['tokens_per_second']:.0f} tokens/s), final loss {summary['final_loss']:.4f}; "

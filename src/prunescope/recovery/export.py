@@ -24,9 +24,12 @@ def _merge(model, out: Path, source: str | None):
     return model.merge_and_unload()
 
 
-def export(model, tokenizer, out: Path, *, config, summary: dict, metadata: dict, source: str | None):
+def export(model, tokenizer, out: Path, *, config, summary: dict, metadata: dict, source: str | None,
+           dtype: str | None = "auto"):
     """Write ``adapter/`` (LoRA only) and ``merged/`` into ``out`` atomically; returns the merged model.
-    ``merged/prunescope.json`` carries the pruned model's record plus a ``recovery`` entry."""
+    ``merged/prunescope.json`` carries the pruned model's record plus a ``recovery`` entry. ``merged/`` is
+    written in ``dtype``: ``auto`` is the dtype the pruned model (``source``) is stored in."""
+    from prunescope.models.checkpoint import checkpoint_dtype, save_weights
     from prunescope.pruning.save import library_versions
 
     out = Path(out)
@@ -48,8 +51,10 @@ def export(model, tokenizer, out: Path, *, config, summary: dict, metadata: dict
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    save_dtype, dtype_from = checkpoint_dtype(dtype, source, merged)
+    record["recovery"]["dtype_from"] = dtype_from
     with atomic_dir(out / "merged", overwrite=True) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        record["dtype"] = save_weights(merged, tmp, save_dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / "prunescope.json", record)

@@ -113,6 +113,8 @@ def self_generate(prompts: list, teacher, teacher_tokenizer, *, cache_path: Path
     not cached, then calls ``barrier`` once; every process returns all rows."""
     from tqdm.auto import tqdm
 
+    from prunescope.progress import bars_on
+
     cache_path = Path(cache_path)
     cached = read_cache(cache_path, key)
     todo = [p for p in prompts if p.id not in cached][rank::world]
@@ -121,7 +123,8 @@ def self_generate(prompts: list, teacher, teacher_tokenizer, *, cache_path: Path
             teacher, teacher_tokenizer = teacher()
         partial = cache_path.with_name(cache_path.name + (".partial" if world == 1 else f".partial.{rank}"))
         partial.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(todo), desc="teacher responses", unit="prompt", dynamic_ncols=True, disable=rank != 0)
+        bar = tqdm(total=len(todo), desc="teacher responses", unit="prompt", dynamic_ncols=True,
+                   disable=rank != 0 or not bars_on())
         # Prompts with the same limits go together; rows are appended chunk by chunk so an interruption
         # loses at most one chunk, and the finished cache replaces the file atomically.
         groups: dict[tuple, list] = {}

@@ -137,6 +137,8 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    from prunescope.progress import bars_on
+
     out = Path(out)
     accelerator = Accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -165,8 +167,8 @@ def train(model, tokenizer, examples: list[dict], *, config, out: Path, teacher=
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_step = config.batch_size * config.grad_accum * world
     start = time.perf_counter()
-    bar = tqdm(total=max_steps, initial=step, desc="recover", unit="step", disable=not accelerator.is_main_process,
-               dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=step, desc="recover", unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_main_process or not bars_on())
     model.train()
     last_loss = rows[-1]["loss"] if rows else float("nan")
 

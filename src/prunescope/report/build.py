@@ -10,12 +10,12 @@ from prunescope.report import figures
 from prunescope.report.findings import findings, recommend
 from prunescope.report.html import Doc
 from prunescope.report.methods_section import TABLE_HEADERS, methods_section
-from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_pct, kind_label, ordered,
+from prunescope.report.tables import (KINDS, aggregate, baseline_rows, fmt_num, fmt_pct, kind_label, ordered,
                                       read_results_csv, spearman, study_info, write_results_csv)
 
 
 def _f(x, digits: int = 3) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return fmt_num(x, f".{digits}f")
 
 
 def _p(x) -> str:
@@ -290,10 +290,8 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
         lookup = {(p["a"], p["b"]): p for p in agree["pairs"]} | {(p["b"], p["a"]): p for p in agree["pairs"]}
         doc.table(["Spearman"] + crits, [[a] + ["1.00" if a == b else _f(lookup[(a, b)]["spearman"], 2) for b in crits]
                                          for a in crits], caption="Rank correlation of the layer scores.")
-        doc.table(["criterion", f"first {k} layers removed (in order)", "removed by every criterion?"],
-                  [[c, " ".join(map(str, removal.get(c, []))),
-                    " ".join("yes" if all(layer in removal.get(o, []) for o in crits) else "no"
-                             for layer in removal.get(c, []))] for c in crits])
+        headers, rows, caption = removal_table(removal, crits, k)
+        doc.table(headers, rows, caption=caption or None)
     if art["ablation"]:
         ab = art["ablation"]
         tasks = list(ab["tasks"])
@@ -303,7 +301,7 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
         def kind_cell(kd, i):
             v = kinds_ab[kd]
             mark = " critical" if v["lo"][i] > 0 else ""
-            return f"{100 * v['drop'][i]:.0f} [{100 * v['lo'][i]:.0f}, {100 * v['hi'][i]:.0f}]{mark}"
+            return f"{_f(100 * v['drop'][i], 0)} [{_f(100 * v['lo'][i], 0)}, {_f(100 * v['hi'][i], 0)}]{mark}"
 
         doc.table(["layer"] + tasks + [f"{kind_label(kd)} mean [95%]" for kd in kinds_ab],
                   [[layer] + [_f(100 * ab["tasks"][t]["drop"][i], 0) for t in tasks] +
@@ -311,6 +309,22 @@ def _tables(doc: Doc, art: dict, agree: dict | None, removal: dict, k: int) -> N
                   caption=f"{ab.get('limit')} items per task; base accuracy "
                           + ", ".join(f"{t} {_f(ab['tasks'][t]['base_accuracy'], 2)}" for t in tasks)
                           + ". 'critical': the kind's mean drop has a paired 95% interval above 0.")
+
+
+def removal_table(removal: dict[str, list[int]], crits: list[str], k: int) -> tuple[list[str], list[list[str]], str]:
+    """Headers, rows and caption of the table of each criterion's first ``k`` removals. Whether each layer is
+    removed by every criterion is a column only when the answer varies; a column reading "no no no" in
+    every row says one thing, so it is said once, in the caption."""
+    shared = [[all(layer in removal.get(o, []) for o in crits) for layer in removal.get(c, [])] for c in crits]
+    flat = {x for marks in shared for x in marks}
+    headers = ["criterion", f"first {k} layers removed (in order)"]
+    rows = [[c, " ".join(map(str, removal.get(c, [])))] for c in crits]
+    if len(flat) > 1:
+        return ([*headers, "removed by every criterion?"],
+                [[*row, " ".join("yes" if x else "no" for x in marks)] for row, marks in zip(rows, shared)], "")
+    caption = (f"Every criterion removes the same {k} layers." if flat == {True} else
+               f"No layer is among the first {k} of every criterion.")
+    return headers, rows, caption
 
 
 def _band(x, lo, hi) -> str:
@@ -324,7 +338,7 @@ def _band(x, lo, hi) -> str:
 def _gap(a: dict) -> str:
     if a["gap"] != a["gap"]:
         return "-"
-    return f"{100 * a['gap']:+.0f} pts [{100 * a['gap_lo']:+.0f}, {100 * a['gap_hi']:+.0f}]"
+    return f"{fmt_num(100 * a['gap'], '+.0f')} pts [{fmt_num(100 * a['gap_lo'], '+.0f')}, {fmt_num(100 * a['gap_hi'], '+.0f')}]"
 
 
 def _efficiency_note(e: dict) -> str:
@@ -339,10 +353,14 @@ def _provenance(doc: Doc, art: dict) -> None:
     import yaml
     info = art["info"]
     doc.heading("Provenance")
-    items = [f"started {info.get('started', '?')}, finished {info.get('finished', '?')}"
-             + (f" ({info['seconds']:.0f} s of compute)" if info.get("seconds") else "")]
+    attempts = 1 + len(info.get("resumed") or [])
+    compute = ""
+    if info.get("seconds"):
+        compute = f" ({info['seconds']:.0f} s of compute" + (f", summed over its {attempts} attempts)" if attempts > 1
+                                                             else ")")
+    items = [f"started {info.get('started', '?')}, finished {info.get('finished', '?')}{compute}"]
     if info.get("resumed"):
-        items.append(f"resumed {len(info['resumed'])} time(s): {', '.join(info['resumed'])}")
+        items.append(f"the run was interrupted and resumed {len(info['resumed'])} time(s): {', '.join(info['resumed'])}")
     if info.get("seeds"):
         items.append("seeds: " + ", ".join(f"{k} {v}" for k, v in info["seeds"].items()))
     if info.get("versions"):

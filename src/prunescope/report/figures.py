@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from prunescope.report.tables import KINDS, aggregate, baseline_rows, kind_label
+from prunescope.report.tables import KINDS, aggregate, baseline_rows, fmt_num, kind_label
 
 KIND_COLOR = {"multiple_choice": "#0072B2", "generate": "#D55E00"}
 CRITERION_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DPI = 150
+DODGE_POINTS = 6.0  # sideways offset between criteria sharing one measurement, in points
 
 
 def _plt():
@@ -29,6 +30,8 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
+    from prunescope.io import _umask_mode
+    os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes owner-only files; a report is for sharing
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     os.replace(tmp, path)
     import matplotlib.pyplot as plt
@@ -190,7 +193,7 @@ def ablation_figure(ablation: dict, *, path: Path) -> Path:
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 v = data[i, j]
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, fmt_num(v, ".0f"), ha="center", va="center", fontsize=7,
                         color="white" if abs(v) > 0.6 * vmax else "black")
     ax.set_xticks(range(len(tasks)), [f"{t}\n{kind_label(ablation['tasks'][t]['kind'])}" for t in tasks],
                   rotation=0 if len(tasks) <= 6 else 30, ha="center" if len(tasks) <= 6 else "right", fontsize=8)
@@ -222,10 +225,15 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
             ideals[eff["num_layers"]] = eff["speedup"]["ideal"]
     for ideal in sorted(set(round(v, 3) for v in ideals.values())):
         ax.axvline(ideal, color="0.6", lw=0.8, ls=":")
+    from matplotlib.transforms import offset_copy
     for kind in kinds:
         color = KIND_COLOR.get(kind, "gray")
         for ci, crit in enumerate(criteria):
             marker = MARKERS[ci % len(MARKERS)]
+            # criteria at one ratio share one speed measurement (same x): each criterion is drawn a few points
+            # to the side, so markers that would coincide stay visible (the legend says so)
+            shift = offset_copy(ax.transData, fig=fig, x=DODGE_POINTS * (ci - (len(criteria) - 1) / 2), y=0,
+                                units="points")
             pts = []
             for key, a in agg.items():
                 if key[0] != crit or key[3] != kind or key[2] != "none" or (crit, key[1]) not in efficiency:
@@ -238,13 +246,14 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
                 for method in methods:
                     rec = agg.get((crit, key[1], method, kind))
                     if rec:
-                        ax.plot([x, x], [a["retention"], rec["retention"]], color=color, ls="--", lw=1)
-                        ax.plot([x], [rec["retention"]], marker=marker, mfc="white", mec=color, mew=1.6, ms=8, ls="")
+                        ax.plot([x, x], [a["retention"], rec["retention"]], color=color, ls="--", lw=1, transform=shift)
+                        ax.plot([x], [rec["retention"]], marker=marker, mfc="white", mec=color, mew=1.6, ms=8, ls="",
+                                transform=shift)
             if pts:
                 pts.sort()
                 xs, ys, lo, hi = zip(*pts)
                 ax.errorbar(xs, ys, yerr=[[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]],
-                            color=color, marker=marker, ms=7, ls="-", lw=0.8, alpha=0.9, capsize=2)
+                            color=color, marker=marker, ms=7, ls="-", lw=0.8, alpha=0.9, capsize=2, transform=shift)
         ax.plot([1.0], [1.0], marker="*", color="black", ms=11, ls="")
     ax.axhline(target, color="0.4", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the base model (measured; dotted: ideal)")
@@ -262,6 +271,9 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
         labels.append("after " + "/".join(methods) + " recovery")
     handles.append(plt.Line2D([], [], color="black", marker="*", ls="", ms=10))
     labels.append("base model")
+    if len(criteria) > 1:
+        handles.append(plt.Line2D([], [], ls=""))
+        labels.append("criteria drawn side by side:\none speed measurement\nper ratio")
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Efficiency frontier: speed gained vs accuracy kept")
     fig.tight_layout()

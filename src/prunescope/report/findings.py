@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from statistics import mean
 
-from prunescope.report.tables import KINDS, aggregate, baseline_rows, kind_label
+from prunescope.report.tables import KINDS, aggregate, baseline_rows, fmt_num, fmt_pct, kind_label
 from prunescope.stats import CLS_LESS, GEN_LESS, UNCLEAR
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
+    return fmt_pct(x, "n/a")
 
 
 def _span(values: list[float]) -> str:
@@ -74,8 +74,8 @@ def ablation_findings(ablation: dict, kinds: list[str]) -> list[str]:
         names = ", ".join(str(c[0]) for c in sorted(critical))
         out.append(f"Skipping one layer alone: for {kind_label(kind)} tasks, {len(critical)} of "
                    f"{len(ablation['layers'])} layers cost accuracy beyond their 95% interval (layer"
-                   f"{'s' * (len(critical) > 1)} {names}); the largest drop is layer {layer}, {100 * d:.0f} points "
-                   f"[{100 * lo:.0f}, {100 * hi:.0f}] ({n} items per task; about {0.025 * len(ablation['layers']):.1f} "
+                   f"{'s' * (len(critical) > 1)} {names}); the largest drop is layer {layer}, {fmt_num(100 * d, '.0f')} points "
+                   f"[{fmt_num(100 * lo, '.0f')}, {fmt_num(100 * hi, '.0f')}] ({n} items per task; about {0.025 * len(ablation['layers']):.1f} "
                    f"layers would pass by chance alone).")
     return out
 

@@ -48,6 +48,20 @@ def pareto(points: list[dict], x: str, larger_x_better: bool) -> list[dict]:
     return sorted(front, key=lambda p: p[x])
 
 
+def merge_coincident(points: list[dict], x: str) -> list[dict]:
+    """Points at the same place (x and retention with its interval, to 3 decimals) as one point whose label
+    joins theirs with " = ", e.g. the base and a lossless speculative cell both at 1.0x, 100%."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        key = tuple(round(float(v), 3) if v == v else None for v in (p[x], p["retention"], p["lo"], p["hi"]))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for group in groups.values():
+        first = next((p for p in group if p["method"] == "base"), group[0])
+        out.append({**first, "label": " = ".join([first["label"]] + [p["label"] for p in group if p is not first])})
+    return out
+
+
 def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
     """Two rows (classification, generation) by two panels (speedup, memory); base at (1, 1)."""
     import matplotlib
@@ -68,7 +82,7 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
                                                            "decode_speedup": 1.0, "memory": 1.0}]
         for c, (x, xlabel, larger) in enumerate(PANELS):
             ax = axes[r][c]
-            for p in pts:
+            for p in merge_coincident(pts, x):
                 color = "black" if p["method"] == "base" else colors[p["method"]]
                 lo = p["lo"] if p["lo"] == p["lo"] else p["retention"]
                 hi = p["hi"] if p["hi"] == p["hi"] else p["retention"]
@@ -81,7 +95,8 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
             ax.set_ylabel(f"{kind_label(kind)} retention (chance-adj.)")
             ax.axhline(1.0, color="grey", lw=0.5)
             ax.grid(alpha=0.3)
-    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front)")
+    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front; "
+                 "'a = b': one marker for settings measured the same)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px so
 text-align:right}th{background:#f2f5f8}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}figure{margin:1em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.9em}code,pre{background:#f5f5f5;border-radius:3px}pre{padding:.6em;overflow-x:auto;
-font-size:.85em}.caption{color:#555;font-size:.9em}
+font-size:.85em}.caption{color:#555;font-size:.9em}.wide{overflow-x:auto;max-width:100%}
 """
 
 
@@ -88,7 +88,9 @@ class Doc:
                 cap = f"<p class=\"caption\">{_inline(caption)}</p>" if caption else ""
                 head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
                 body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-                parts.append(f"{cap}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                # a table wider than the window scrolls inside its own box instead of widening the page
+                parts.append(f"{cap}<div class=\"wide\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                             f"</table></div>")
             elif kind == "fig":
                 data = base64.b64encode((Path(base) / block[1]).read_bytes()).decode("ascii")
                 parts.append(f"<figure><img alt=\"{_esc(block[2])}\" src=\"data:image/png;base64,{data}\">"

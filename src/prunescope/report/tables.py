@@ -93,9 +93,22 @@ def _rows_for(metrics: dict, *, criterion: str, ratio: float, removed: list[int]
     return rows
 
 
+def unsigned_zero(text: str) -> str:
+    """A formatted number that reads as zero loses its sign: "-0", "+0.0", "-0%" become "0", "0.0", "0%"
+    (a tiny negative rounded to zero is not a loss, and "+0" is not a gain)."""
+    if text[:1] in "+-" and not any(c in "123456789" for c in text):
+        return text[1:]
+    return text
+
+
+def fmt_num(x, spec: str, missing: str = "") -> str:
+    """``format(x, spec)`` without the sign of a zero; ``missing`` for None or NaN."""
+    return missing if x is None or x != x else unsigned_zero(format(x, spec))
+
+
 def fmt_pct(x, missing: str = "-") -> str:
     """``x`` as a whole percentage; ``missing`` for None or NaN (no estimate)."""
-    return missing if x is None or x != x else f"{x:.0%}"
+    return fmt_num(x, ".0%", missing)
 
 
 def recovery_data_label(rdir: Path) -> str:

@@ -70,6 +70,29 @@ def same_outputs_as_base(method: str, record: dict) -> str | None:
     return None
 
 
+def study_scores_file(runner, spec: dict, *, exists: bool = True) -> Path | None:
+    """The study's own scores file for the criterion a method picks layers with, when the study scores that
+    criterion at the method's ratio (and, with ``exists``, the file is there)."""
+    crit = spec["settings"].get("criterion")
+    cfg = runner.config
+    if crit is None or crit not in cfg.criteria or spec["ratio"] not in cfg.ratios:
+        return None
+    from prunescope.pruning import count_for_ratio
+    path = runner.scores_path(crit, count_for_ratio(spec["ratio"], runner.num_layers()))
+    return path if path.is_file() or not exists else None
+
+
+def study_scoring(runner, spec: dict) -> dict:
+    """What a method that picks layers with a criterion scores with: the removal the study's own scoring run
+    chose (same criterion, same count), else the study's ``scoring:`` calibration settings."""
+    path = study_scores_file(runner, spec)
+    if path is None:
+        return dict(runner.config.scoring)
+    from prunescope.pruning import count_for_ratio
+    k = count_for_ratio(spec["ratio"], runner.num_layers())
+    return {"removed": runner.removed_layers(spec["settings"]["criterion"], k), "source": f"scores/{path.name}"}
+
+
 def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
     """Compress a copy of the study's model, evaluate it and measure its efficiency into ``cell``."""
     from prunescope.methods import compress
@@ -79,7 +102,7 @@ def run_method_cell(runner, spec: dict, cell: Path, *, evaluate_fn) -> None:
     cfg = runner.config
     model = copy.deepcopy(runner.model)
     result = compress(model, runner.tokenizer, spec["method"], ratio=spec["ratio"], settings=spec["given"],
-                      seed=cfg.seed)
+                      seed=cfg.seed, scoring=study_scoring(runner, spec))
     record = {k: v for k, v in result.record.items() if k not in ("train_log", "span_similarity", "scores", "trials",
                                                                      "kept_channels")}
     # results.csv keys rows by criterion and ratio; a method cell's criterion is its label (the method, with the

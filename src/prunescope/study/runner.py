@@ -35,7 +35,7 @@ from prunescope.io import read_json, write_json
 from prunescope.study.config import StudyConfig
 from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
                                      validate_names)
-from prunescope.study.steps import Manifest, Step, eta_text, plan_text
+from prunescope.study.steps import Manifest, Step, plan_text, step_line
 
 log = logging.getLogger("prunescope.study")
 
@@ -167,17 +167,24 @@ class StudyRun:
 
     def _method_steps(self, common: dict, evals: dict, items: int, before: list[Step]) -> list[Step]:
         """One step per compression-method cell (the ``methods:`` axis, see study/methods_axis.py)."""
-        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell
+        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell, study_scores_file
         cfg, out = self.config, self.out
         after = {s.key: s.identity for s in before if s.key in ("baseline", "efficiency/base")}
+        by_key = {s.key: s for s in before}
         steps = []
         for spec in method_specs(cfg.methods, cfg.ratios):
             cell = out / "cells" / method_cell_name(spec)
+            deps = dict(after)
+            reused = study_scores_file(self, spec, exists=False)
+            if reused is not None and f"scores/{reused.name}" in by_key:  # the method reuses that scoring run
+                dep = by_key[f"scores/{reused.name}"]
+                deps[dep.key] = dep.identity
             marks = [cell / "efficiency.json"] if cfg.efficiency.enabled else []
             evaluate = lambda model, d: call_evaluate(self.stages.evaluate, model, self.tokenizer, cfg.tasks,  # noqa: E731
                                                       out_dir=d, **self.eval_kwargs(baseline=True))
             steps.append(Step(f"cells/{cell.name}", f"compress and eval {method_cell_name(spec)}",
-                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": after},
+                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": deps,
+                               "scoring": dict(cfg.scoring)},
                               [*marks, cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
                               lambda s=spec, d=cell, ev=evaluate: run_method_cell(self, s, d, evaluate_fn=ev),
                               work=items))
@@ -206,6 +213,7 @@ class StudyRun:
             kwargs["tasks"] = [t for t in cfg.tasks if ":" not in t]
         if k is None:
             kwargs.pop("num_layers", None)
+        kwargs.setdefault("progress", self.progress)  # no carriage-return bars in a log file
         result = self.stages.score_layers(self.model, self.tokenizer, criterion, num_layers=k, seed=cfg.seed,
                                           **kwargs)
         from prunescope.criteria import save_scores
@@ -259,8 +267,11 @@ class StudyRun:
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, rdir / shared.name)
             student = self._recovery_student(criterion, k, rconfig, rdir)
+            # merged/ is evaluated below: written in the precision the study computes in, so that the
+            # recovered cell's numbers are the trained weights' and not a rounding of them
             self.stages.recover(student, self.tokenizer, teacher=self.model, teacher_tokenizer=self.tokenizer,
-                                config=rconfig, out=rdir, overwrite=False, resume=True)
+                                config=rconfig, out=rdir, overwrite=False, resume=True,
+                                dtype=next(self.model.parameters()).dtype)
             del student
             if (rdir / shared.name).is_file() and not shared.is_file():
                 from prunescope.io import write_text
@@ -384,13 +395,15 @@ class StudyRun:
         if previous is not None and len(pending) < len(steps):
             log.info("resuming %s: %d of %d steps already finished", self.out, len(steps) - len(pending), len(steps))
         ran, ablated = 0, False
-        log.info("plan: %s", plan_text(pending))
+        # compute of earlier attempts (study.json is rewritten after every step, so a killed attempt counts
+        # up to its last finished step) plus this one's
+        earlier = float(info.get("seconds") or 0.0)
+        log.info("plan: %s", plan_text(pending, trail["steps"]))
         for index, step in enumerate(steps, 1):
             if manifest.done(step):
                 continue
             todo = [s for s in steps[index - 1:] if not manifest.done(s)]
-            log.info("[%d/%d] %s  (%d left after this, %s elapsed%s)", index, len(steps), step.label, len(todo) - 1,
-                     _duration(time.time() - started), eta_text(todo, trail["steps"]))
+            log.info("%s", step_line(index, len(steps), step, todo, time.time() - started, trail["steps"]))
             if manifest.entries.get(step.key, {}).get("identity") != step.identity:
                 step.clear()  # made under other inputs (or by a run without a record): never reuse a part of it
             manifest.record(step)  # before running, so a kill never leaves an old artifact under a new identity
@@ -399,6 +412,8 @@ class StudyRun:
             trail["steps"][step.key] = {"label": step.label, "seconds": round(time.time() - t0, 1), "work": step.work,
                                         "finished": _now()}
             write_json(self.out / "run.json", trail)
+            info["seconds"] = round(earlier + time.time() - started, 1)
+            write_json(path, info)
             ran += 1
             ablated = ablated or step.key.startswith("ablation/")
         if self.config.ablation.enabled and (ablated or not (self.out / "ablation/ablation.json").is_file()):
@@ -408,7 +423,7 @@ class StudyRun:
         write_results_csv(self.out)
         if ran or info.get("finished") is None:
             info["finished"] = _now()
-            info["seconds"] = round(info.get("seconds", 0.0) + time.time() - started, 1)
+            info["seconds"] = round(earlier + time.time() - started, 1)
             write_json(path, info)
         isolation = self._isolation()
         if isolation and info.get("isolation") != next(iter(isolation.values())):

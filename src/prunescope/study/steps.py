@@ -97,24 +97,41 @@ def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 # ---- progress: what is left and when it should be done, from steps measured on this machine ----
 
 def step_kind(key: str) -> str:
-    """Steps of one kind take about as long as each other: evaluations, scores, recovery, efficiency, ablation."""
-    if key == "baseline" or (key.startswith("cells/") and "/recovery-" not in key):
-        return "eval"
+    """Steps of one kind take about as long as each other: evaluations, compression-method cells, scores,
+    recovery, efficiency, ablation."""
     if "/recovery-" in key:
         return "recovery"
+    if key.startswith("cells/method-"):
+        return "method"  # compress, then evaluate and time: costs differ from a depth cell's
+    if key == "baseline" or key.startswith("cells/"):
+        return "eval"
     return key.split("/")[0]
 
 
-def plan_text(pending: list[Step]) -> str:
+# Cost of a step of a kind not measured yet, relative to the mean measured evaluation step, as measured in
+# the default study on 2 CPU cores (evaluations 75-182 s, mean 121 s): recovery 216 s, a compression-method
+# cell 78-109 s (a full-depth or cheaper model evaluated), efficiency 4-5 s (a few timed generations).
+PRIOR_VS_EVAL = {"recovery": 1.8, "method": 0.75, "efficiency": 0.04}
+
+
+def plan_text(pending: list[Step], timings: dict[str, dict] | None = None) -> str:
+    """How many steps of each kind are left; with steps measured by an earlier attempt in the folder
+    (``timings``), the estimated time they take."""
     counts: dict[str, int] = {}
     for s in pending:
         counts[step_kind(s.key)] = counts.get(step_kind(s.key), 0) + 1
-    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing left to do"
+    left = estimate_seconds(pending, timings or {}) if pending else None
+    if left is not None:
+        text += f"; about {duration(left)}, from {len(timings)} step(s) measured here before"
+    return text
 
 
 def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None:
     """Seconds the steps in ``todo`` should take, from the measured steps of the same kind on this machine
-    (this run and earlier attempts in the folder); None until one step has been measured."""
+    (this run and earlier attempts in the folder); None until one step has been measured. A kind not
+    measured yet is estimated from the measured evaluations times its prior (``PRIOR_VS_EVAL``), from the
+    measured seconds per evaluated item (other steps that evaluate), else as the mean measured step."""
     by_kind: dict[str, list[float]] = {}
     for key, t in timings.items():
         by_kind.setdefault(step_kind(key), []).append(float(t["seconds"]))
@@ -124,11 +141,14 @@ def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None
     # seconds per evaluated item, for kinds not measured yet (the ablation evaluates few items per step)
     worked = [(float(t["seconds"]), float(t["work"])) for t in timings.values() if t.get("work")]
     per_item = sum(w[0] for w in worked) / sum(w[1] for w in worked) if worked else None
+    evals = by_kind.get("eval")
 
     def guess(step: Step) -> float:
         kind = step_kind(step.key)
         if kind in by_kind:
             return sum(by_kind[kind]) / len(by_kind[kind])
+        if kind in PRIOR_VS_EVAL and evals:
+            return PRIOR_VS_EVAL[kind] * sum(evals) / len(evals)
         if step.work and per_item is not None:
             return step.work * per_item
         return overall
@@ -136,10 +156,23 @@ def estimate_seconds(todo: list[Step], timings: dict[str, dict]) -> float | None
     return sum(guess(s) for s in todo)
 
 
-def eta_text(todo: list[Step], timings: dict[str, dict]) -> str:
+def eta_text(todo: list[Step], timings: dict[str, dict], now: _dt.datetime | None = None) -> str:
     left = estimate_seconds(todo, timings)
     if left is None:
         return ", estimate after the first step"
-    finish = _dt.datetime.now() + _dt.timedelta(seconds=left)
+    finish = (now or _dt.datetime.now()) + _dt.timedelta(seconds=left)
     m, sec = divmod(int(left), 60)
     return f", about {m}m{sec:02d}s left, done about {finish:%H:%M}"
+
+
+def step_line(index: int, steps: int, step: Step, todo: list[Step], elapsed: float, timings: dict[str, dict],
+              now: _dt.datetime | None = None) -> str:
+    """The one line a study logs when a step starts: its number, label, how many are left, time elapsed and
+    the estimate (``todo`` starts with this step)."""
+    return (f"[{index}/{steps}] {step.label}  ({len(todo) - 1} left after this, {duration(elapsed)} elapsed"
+            f"{eta_text(todo, timings, now)})")
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -107,6 +107,18 @@ def _check_gen(item: Item, output: str) -> bool:
     return first_int(output) == item.gold
 
 
+def _settled_gen(item: Item, output: str) -> bool:
+    """Whether ``first_int`` of every continuation of ``output`` is already decided as right or wrong: the
+    leading integer is followed by something else, has more significant digits than the answer (more digits
+    only make it larger), or the output can no longer start with an integer."""
+    text = output.replace(",", "")
+    m = _INT.match(text)
+    if m:
+        digits = m.group(1).lstrip("-").lstrip("0")
+        return m.end() < len(text) or len(digits) > len(str(abs(item.gold)))
+    return re.fullmatch(r"\s*-?", text) is None
+
+
 def _gen_task(name: str, description: str, family: str, draw, shots: int, default_n: int = 200) -> Task:
     def make(n, seed, split):
         def build(q, shot_qs, rng, i):
@@ -117,7 +129,7 @@ def _gen_task(name: str, description: str, family: str, draw, shots: int, defaul
         return synthetic_items(family=family, n=n, seed=seed, split=split, draw=draw, key=_key, build=build,
                                shots=shots, default_n=default_n, task=name)
     return Task(name=name, kind="generate", description=description, make_items=make,
-                stop=["\n"], max_new_tokens=12, check=_check_gen, family=family, pair=name[:-4] + "_mc")
+                stop=["\n"], max_new_tokens=12, check=_check_gen, settled=_settled_gen, family=family, pair=name[:-4] + "_mc")
 
 
 def _mc_task(name: str, description: str, family: str, draw, shots: int, default_n: int = 200) -> Task:

@@ -72,6 +72,12 @@ def _check(item: Item, output: str) -> bool:
     return _normalise(output) == item.gold
 
 
+def _settled(item: Item, output: str) -> bool:
+    """Whether the output is already longer than the answer once whitespace is collapsed: more text never
+    makes the collapsed string shorter, so the output can no longer equal the answer."""
+    return len(_normalise(output)) > len(item.gold)
+
+
 def _shot_line(seq) -> str:
     return f"{' '.join(seq)} = {' '.join(closing(seq))}\n"
 
@@ -103,7 +109,7 @@ def _gen(name: str, types: str, depth: int, description: str) -> Task:
 
     def make(n, seed, split):
         return _items(name, family, types, depth, n, seed, split)
-    return Task(name=name, kind="generate", description=description, make_items=make, check=_check,
+    return Task(name=name, kind="generate", description=description, make_items=make, check=_check, settled=_settled,
                 stop=["\n"], max_new_tokens=24, family=family, pair=family + "_mc")
 
 

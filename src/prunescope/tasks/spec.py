@@ -50,6 +50,11 @@ class Task:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     max_new_tokens: int = 16
     check: Callable[[Item, str], bool] | None = None
+    # Optional: ``settled(item, output_so_far)`` is True once no continuation of the output can change what
+    # ``check`` says about it (e.g. an answer already longer than any correct one). Generation of that item
+    # stops there, which saves decoding on models that no longer stop by themselves; the verdict is the same
+    # as with the whole output (tested for every task that sets it).
+    settled: Callable[[Item, str], bool] | None = None
     extra_metrics: Callable[[list[Item], list[str]], dict[str, Any]] | None = None
     family: str = ""
     # Optional: score all generated outputs at once (e.g. run every program in parallel); preferred
