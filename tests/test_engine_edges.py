@@ -23,8 +23,10 @@ def tok():
 
 
 def _plain_logprob(model, ctx_ids, cont_ids):
+    """One plain forward of context + continuation but its last token (a target only, as in lm-eval)."""
     with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ctx_ids + cont_ids]), use_cache=False).logits[0].float(), -1)
+        inp = torch.tensor([ctx_ids + cont_ids[:-1]])
+        logp = torch.log_softmax(model(inp, use_cache=False).logits[0].float(), -1)
     return sum(logp[len(ctx_ids) - 1 + j, t].item() for j, t in enumerate(cont_ids))
 
 
@@ -192,3 +194,20 @@ def test_fixed_batch_sizes(model):
     assert engine.resolve_batch_size(model, 3) == 3 and engine.resolve_batch_size(model, "5") == 5
     assert engine.resolve_batch_size(model, 0) == 1
     assert engine.auto_batch_size(model) == engine.CPU_BATCH == 16  # on a CPU: the starting size
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_absolute_positions_with_choices_of_different_lengths_past_the_table(tok, share_prefix):
+    """gpt2 has a table of 128 learned positions: a one-token choice keeps 128 context tokens, a 6-token
+    choice 123, batched together; padding must not reach past the table."""
+    gpt2 = make_tiny_model("gpt2", layers=2, seed=2)
+    assert gpt2.config.n_positions == 128
+    ctx = "".join(str(i % 10) for i in range(200))
+    items = [(ctx, [" a", " bcdef"]), (ctx[:50] + " =", [" 1", " 12345"])]
+    got = engine.score_choices(gpt2, tok, items, batch_size=4, share_prefix=share_prefix)
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for (context, choices), scores in zip(items, got):
+        for c, s in zip(choices, scores):
+            cont = ids(c)
+            kept = ids(context)[-(129 - len(cont)):]
+            assert s == pytest.approx(_plain_logprob(gpt2, kept, cont), abs=1e-4)

@@ -105,10 +105,11 @@ def test_estimate_by_kind_by_item_and_overall():
     timings = {"baseline": {"seconds": 30.0, "work": 300}, "cells/b-r0.1": {"seconds": "10", "work": 100},
                "scores/y.json": {"seconds": 5.0}}
     todo = [_step("cells/c-r0.5"), _step("ablation/layer-001", work=50), _step("efficiency/base"),
-            _step("scores/z.json")]
+            _step("scores/z.json"), _step("other/x")]
     # eval measured: (30 + 10) / 2 = 20; ablation not measured, 50 items at (30 + 10) / (300 + 100) = 0.1 s;
-    # efficiency not measured, no items: mean of all measured (45 / 3 = 15); scores: 5
-    assert estimate_seconds(todo, timings) == pytest.approx(20 + 5 + 15 + 5)
+    # efficiency not measured: its prior, 0.04 of the mean evaluation = 0.8; scores: 5; a kind with neither
+    # a measurement, a prior nor items: mean of all measured (45 / 3 = 15)
+    assert estimate_seconds(todo, timings) == pytest.approx(20 + 5 + 0.8 + 5 + 15)
     assert estimate_seconds([], timings) == 0
     # without any item counts, an unmeasured kind with items falls back to the overall mean
     assert estimate_seconds([_step("ablation/l", work=50)], {"scores/y.json": {"seconds": 6.0}}) == pytest.approx(6.0)

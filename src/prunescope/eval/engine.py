@@ -119,6 +119,8 @@ def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad: i
                 cmask[i, :len(c) - 1] = 1
         ctx_len = ctx_mask.sum(-1)[owner_t]
         pos = ctx_len[:, None] + torch.arange(rest_len, device=device)[None]
+        # padding slots (masked) take a real position: past the table, absolute position embeddings fail
+        pos = torch.where(cmask.bool(), pos, ctx_len[:, None] - 1)
         mask = torch.cat([ctx_mask[owner_t], cmask], dim=1)
         logits = forward(model, input_ids=inp, attention_mask=mask, position_ids=pos, cache=cache,
                           use_cache=True).logits
