@@ -176,3 +176,68 @@ def test_tokenize_example_masks_the_context_and_cuts():
     assert data.tokenize_example(p, "ok", tok, len(ctx)) is None  # no response token left
     unended = data.tokenize_example(p, "ok", tok, 512, end=False)
     assert unended["input_ids"] == ctx + comp[:-1]
+
+
+OTHER = "recovery_data_test_other"
+if OTHER not in TASKS:
+    TASKS.register(OTHER, lambda: Task(name=OTHER, kind="generate", description="other", make_items=lambda n, seed, split: [
+        Item(id="o0", prompt="Q 2+1=", gold="3", target=" 3", meta={"key": "2+1"})]))
+
+
+def test_shipped_prompts_sampled_by_seed():
+    allp = data.load_prompts("self-instruct")
+    assert len(allp) == 427
+    a, b = data.load_prompts("self-instruct", num=5, seed=1), data.load_prompts("self-instruct", num=5, seed=2)
+    assert len(a) == 5 and [p.id for p in a] == [p.id for p in data.load_prompts("self-instruct", num=5, seed=1)]
+    assert [p.id for p in a] != [p.id for p in b] and [p.id for p in a] != [p.id for p in allp[:5]]
+    assert len(data.load_prompts("self-instruct", num=427)) == 427 and len(data.load_prompts("self-instruct", num=999)) == 427
+
+
+def test_path_like_specs_that_do_not_exist(tmp_path):
+    for spec in ("prompts.json", "prompts.jsonl", "/no/such/dir/x", "~/no-such-prompts-here"):
+        with pytest.raises(UsageError, match=r"^--prompts .*: no such file$"):
+            data.load_prompts(spec)
+    from prunescope.tasks import task_names
+    with pytest.raises(UsageError) as err:
+        data.load_prompts("nothing-like-this")
+    assert str(err.value).endswith("tasks: " + ", ".join(task_names()))
+
+
+def test_disjoint_from_another_task():
+    stats = {}
+    ps = data.load_prompts(TASK, disjoint_from=[OTHER, TASK], stats=stats)
+    assert [p.id for p in ps] == [f"{TASK}/calib2"]  # 3+4 (own eval) and 1+2 (= the other task's 2+1) left out
+    assert stats == {"overlap_with_eval": 2, "disjoint_from": [TASK, OTHER]}
+
+
+def test_rendering_and_checking_use_the_item_and_tokenizer():
+    tok = make_tokenizer()
+    item = Item(id="i", prompt="What?", gold="7", target=" 7")
+    chat = Task(name="c", kind="generate", description="", make_items=_items, use_chat_template=True,
+                check=lambda it, o: o.strip() == it.gold)
+    p = data.Prompt(id="a", task=chat, item=item)
+    assert p.render(tok) == "<|user|>\nWhat?\n<|assistant|>\n" and p.check("7 ") is True and p.check("8") is False
+    batch = Task(name="c", kind="generate", description="", make_items=_items,
+                 check_all=lambda items, outs: [outs[0] == items[0].gold])
+    assert data.Prompt(id="a", task=batch, item=item).check("7") is True
+    two = data.Prompt(id="b", messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    tok.chat_template = None
+    assert two.render(tok) == "s\nu\n"
+    tok.eos_token = None
+    assert two.completion("r", tok) == "r"
+    no_stop = Task(name="c", kind="generate", description="", make_items=_items, stop=[])
+    assert data.Prompt(id="c", task=no_stop, item=item).completion("r", tok) == "r"
+
+
+def test_words_with_x_are_not_products():
+    assert data.canonical_question("Box?") == "box" and data.canonical_question("3x4") == "expr:(3*4)"
+
+
+def test_completion_tokens_carry_no_special_tokens():
+    from tokenizers.processors import TemplateProcessing
+    tok = make_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    p = data.Prompt(id="a", messages=[{"role": "user", "content": "hi"}])
+    ex = data.tokenize_example(p, "ok", tok, 512)
+    n_ctx = ex["labels"].count(-100)
+    assert ex["input_ids"][0] == 1 and 1 not in ex["input_ids"][n_ctx:]  # BOS once, before the context only
