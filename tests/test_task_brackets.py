@@ -150,3 +150,22 @@ def test_balanced_items_say_yes_exactly_when_balanced():
 def test_check_normalises_spaces_only():
     item = Item(id="b", prompt="p", gold=") ]", target=" ) ]")
     assert _check(item, " )  ]\n") and not _check(item, ")]") and not _check(item, ") ] )")
+
+
+def test_task_specs_and_ids():
+    specs = {name: TASKS.get(name)() for name in ("brackets_gen", "brackets4_gen", "brackets_mc", "brackets4_mc",
+                                                  "brackets_balanced_mc")}
+    assert {n: (t.name, t.kind, t.family) for n, t in specs.items()} == {
+        "brackets_gen": ("brackets_gen", "generate", "brackets"),
+        "brackets4_gen": ("brackets4_gen", "generate", "brackets4"),
+        "brackets_mc": ("brackets_mc", "multiple_choice", "brackets"),
+        "brackets4_mc": ("brackets4_mc", "multiple_choice", "brackets4"),
+        "brackets_balanced_mc": ("brackets_balanced_mc", "multiple_choice", "brackets_balanced_mc")}
+    assert specs["brackets_balanced_mc"].description == "four bracket types: is the sequence balanced? (yes/no)"
+    assert specs["brackets4_gen"].description == "four bracket types, depth <= 4: write the closing brackets"
+    assert specs["brackets_gen"].check is not None
+    assert specs["brackets4_gen"].items(2, seed=7)[1].id == "brackets4-eval-7-1"
+    assert specs["brackets_balanced_mc"].items(2, seed=7)[0].id == "brackets_balanced_mc-eval-7-0"
+    assert [it.id for it in specs["brackets4_mc"].items(4, seed=7)] == [f"brackets4-eval-7-{i}" for i in range(4)]
+    # 4-type closing choices: gold positions balanced over blocks of 4
+    assert sorted(it.gold for it in specs["brackets4_mc"].items(8, seed=0)) == [0, 0, 1, 1, 2, 2, 3, 3]
