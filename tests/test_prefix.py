@@ -128,7 +128,9 @@ def test_expand_cache_shares_storage_and_leaves_prefix_intact(tok):
     assert torch.equal(cache.layers[0].keys, before) and cache.get_seq_length() == before.shape[2]
 
 
-def test_auto_batch_size_on_cpu_doubles_while_throughput_grows():
+def test_auto_batch_size_on_cpu_doubles_while_throughput_grows(monkeypatch):
+    from prunescope.eval import batching
+    monkeypatch.setattr(batching, "_chosen", {})  # sizes are remembered per process: start from none, every run
     model = make_tiny_model("llama", layers=1, hidden=16, seed=6)
     sizer = BatchSizer(model, "auto", kind="test-doubling", gpu_estimate=lambda: 99)
     # Hand-made timings: tokens/s 100, 180, 300, 310 at sizes 4, 8, 16, 32 -> 32 adds < 10%: keep 16... no, best.

@@ -54,21 +54,23 @@ def _naive(model, ctx_ids, cont_ids):
 
 def test_long_context_keeps_its_tail_and_the_whole_continuation(model, tok):
     """Past the position table (128 here) the context loses its start; continuations are kept whole, and
-    every choice sees the same context: as much as fits beside the longest choice."""
+    each choice keeps as much context as fits beside it: 128 + 1 tokens in all, the last only a target."""
     ctx = "".join(str(i % 10) for i in range(300)) + " ="
     choices = [" 47", " 4", ""]
     ids = tok(ctx, add_special_tokens=False).input_ids
     got = engine.score_choices(model, tok, [(ctx, choices)], batch_size=1)[0]
-    expected = [_naive(model, ids[-(128 - 3):], tok(c, add_special_tokens=False).input_ids) for c in choices[:2]]
+    conts = [tok(c, add_special_tokens=False).input_ids for c in choices[:2]]
+    assert len(conts[0]) != len(conts[1])  # so the two choices keep different context tails
+    expected = [_naive(model, ids[-(129 - len(c)):], c) for c in conts]
     assert got == pytest.approx(expected + [0.0], abs=1e-4)  # an empty continuation has log-probability 0
     short = engine.score_choices(model, tok, [("12 =", ["", " 3"])])[0]  # default batch size
     assert short == pytest.approx([0.0, _naive(model, tok("12 =").input_ids, tok(" 3").input_ids)], abs=1e-4)
     assert engine.loglikelihood(model, tok, [("12 =", " 3")]) == pytest.approx(short[1:], abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="lm-eval truncates each request on its own and keeps one more context "
-                   "token (the last max_length + 1 tokens of context + continuation, minus the last)")
 def test_long_context_equals_lm_eval_hflm(model, tok):
+    """Past the position table lm-eval truncates each request on its own, keeping the last
+    max_length + 1 tokens of context + continuation (the final one is only a target)."""
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -93,7 +95,8 @@ class _FixedScores:
 
 
 def test_length_normalisation_flips_the_answer(tok):
-    """acc_norm divides each choice's log-likelihood by its length in bytes (lm-eval's acc_norm)."""
+    """acc_norm divides each choice's log-likelihood by its length in characters (lm-eval's acc_norm,
+    ``len(choice)``; per byte is lm-eval's separate acc_bytes)."""
     from prunescope.eval.runner import evaluate
     from prunescope.tasks.spec import Item, Task
 
@@ -104,14 +107,18 @@ def test_length_normalisation_flips_the_answer(tok):
         Item(id="1", prompt="q1", gold=0, target="abcd", choices=["abcd", "x"]),
         # equal lengths: both pick "yes" (gold)
         Item(id="2", prompt="q2", gold=0, target="yes", choices=["yes", "no!"]),
+        # non-ASCII: "éé" is 2 characters but 4 UTF-8 bytes. raw: -3 > -4 picks "éé"; per character:
+        # -3/2 = -1.5 < -4/3 = -1.33 picks "abc" (gold); per byte it would be -3/4 = -0.75, picking "éé".
+        Item(id="3", prompt="q3", gold=1, target="abc", choices=["\u00e9\u00e9", "abc"]),
     ]
-    scores = {"zq": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0}
+    scores = {"zq": -3.0, "abcdefgh": -4.0, "abcd": -2.0, "x": -1.0, "yes": -1.0, "no!": -2.0,
+              "\u00e9\u00e9": -3.0, "abc": -4.0}
     task = Task(name="flip", kind="multiple_choice", description="hand-scored", chance=0.5,
                 make_items=lambda n, seed, split: items[:n] if n else items)
     report = evaluate(None, tok, [task], backend=_FixedScores(scores), model_name="fixed", progress=False)
     m = report["tasks"]["flip"]
-    assert m["n"] == 3 and m["correct"] == 1
-    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["n"] == 4 and m["correct"] == 1
+    assert m["accuracy"] == pytest.approx(1 / 4)
     assert m["accuracy_length_normalized"] == pytest.approx(1.0)
 
 

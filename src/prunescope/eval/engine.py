@@ -119,6 +119,8 @@ def _score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad: i
                 cmask[i, :len(c) - 1] = 1
         ctx_len = ctx_mask.sum(-1)[owner_t]
         pos = ctx_len[:, None] + torch.arange(rest_len, device=device)[None]
+        # padding slots (masked) take a real position: past the table, absolute position embeddings fail
+        pos = torch.where(cmask.bool(), pos, ctx_len[:, None] - 1)
         mask = torch.cat([ctx_mask[owner_t], cmask], dim=1)
         logits = forward(model, input_ids=inp, attention_mask=mask, position_ids=pos, cache=cache,
                           use_cache=True).logits
@@ -172,12 +174,16 @@ def score_choices(model, tokenizer, items: list[tuple[str, list[str]]], *, batch
     where: list[tuple[int, int, int, int]] = []  # (item, choice, group) for every non-empty continuation
     for item_index, (context, choices) in enumerate(items):
         # Usually every choice sees the same context tokens; a choice that tokenizes the boundary
-        # differently gets a group of its own.
+        # differently (or, past the position table, keeps a different tail) gets a group of its own.
         buckets: dict[tuple[int, ...], int] = {}
         for choice_index, choice in enumerate(choices):
             ctx, cont = encode_pair(tokenizer, context, choice)
             if not cont:
                 continue  # an empty continuation has log-probability 0
+            if max_len and len(ctx) + len(cont) > max_len + 1:
+                # lm-eval's HFLM: keep the last max_len + 1 tokens of context + continuation (the final one
+                # is only a target), per request, so a shorter choice sees more context.
+                ctx = ctx[-max(max_len + 1 - len(cont), 1):]
             key = tuple(ctx)
             if key not in buckets:
                 buckets[key] = len(groups)
@@ -185,11 +191,6 @@ def score_choices(model, tokenizer, items: list[tuple[str, list[str]]], *, batch
             g = buckets[key]
             where.append((item_index, choice_index, g, len(groups[g][1])))
             groups[g][1].append(cont)
-    if max_len:
-        for gi, (ctx, conts) in enumerate(groups):
-            room = max_len - max(map(len, conts))
-            if len(ctx) > room:
-                groups[gi] = (ctx[-max(room, 1):], conts)
     group_scores: list[list[float]] = [[] for _ in groups]
     pad = pad_id(tokenizer)
     sizer = _sizer(model, batch_size, "loglikelihood")

@@ -287,6 +287,8 @@ def score_batch_two_pass(model, prefix_cache, prefix_len: int, groups: list[tupl
     ids2, mask2 = right_pad([c[:-1] for _, _, c in longer], pad, device)
     w2 = ids2.shape[1]
     pos = prefix_len + lens[owner][:, None] + torch.arange(w2, device=device)[None]
+    # padding slots (masked) take a real position: past the table, absolute position embeddings fail
+    pos = torch.where(mask2.bool(), pos, prefix_len + lens[owner][:, None] - 1)
     out = forward(model, input_ids=ids2, attention_mask=torch.cat([full_mask[owner], mask2], dim=1), position_ids=pos,
                   cache=cache, use_cache=True)
     logp = torch.log_softmax(out.logits[:, -w2:].float(), dim=-1)

@@ -93,8 +93,9 @@ def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, c
                                    batch_size=batch_size, progress=progress, desc=task.name)
     preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
     flags = [p == it.gold for p, it in zip(preds, items)]
-    # lm-eval's acc_norm: log-likelihood per byte of the choice, which removes the bias toward short choices.
-    norm_preds = [max(range(len(s)), key=lambda j: s[j] / max(1, len(it.choices[j].encode())))
+    # lm-eval's acc_norm: log-likelihood per character of the choice (len(choice); its per-byte variant is
+    # a separate metric, acc_bytes), which removes the bias toward short choices.
+    norm_preds = [max(range(len(s)), key=lambda j: s[j] / max(1, len(it.choices[j])))
                   for s, it in zip(scores, items)]
     extras = {"accuracy_length_normalized": proportion([p == it.gold for p, it in zip(norm_preds, items)])["accuracy"]}
     samples = [{"task": task.name, "id": it.id, "prompt": c, "choices": it.choices, "scores": s, "pred": p,
