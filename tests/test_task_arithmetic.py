@@ -205,3 +205,14 @@ def test_short_families_say_how_many_questions_exist(capsys, monkeypatch):
 def test_mixed_probe_answers_include_zero_and_repeat():
     values = [it.gold for it in TASKS.get("arith_mixed_gen")().items(120, seed=0)]
     assert 0 in values and len(set(values)) < len(values)  # questions are distinct, answers need not be
+
+
+def test_distractors_widen_or_refuse_instead_of_looping():
+    import random as _random
+
+    from prunescope.tasks.arithmetic import distractors
+    got = distractors(9, _random.Random(0), k=6)
+    assert len(set(got)) == 6 and 9 not in got and all(0 <= g <= 9 for g in got)
+    assert sorted(distractors(5, _random.Random(1), k=9)) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    with pytest.raises(ValueError):
+        distractors(5, _random.Random(1), k=10)  # only nine other one-digit numbers exist

@@ -96,10 +96,16 @@ def distractors(value: int, rng: random.Random, *, a: int | None = None, b: int 
     rng.shuffle(near)
     chosen = (near + far)[:k]
     lo, hi = (0, 9) if width == 1 else (10 ** (width - 1), 10 ** width - 1)
+    if k > hi - lo:
+        raise ValueError(f"no {k} distinct wrong answers of {width} digit(s) besides {value}")
+    spread = 5
     while len(chosen) < k:  # few same-width neighbours: any other number of that width, close by first
-        c = rng.randint(max(lo, value - 5), min(hi, value + 5))
-        if c != value and c not in chosen:
-            chosen.append(c)
+        others = [c for c in range(max(lo, value - spread), min(hi, value + spread) + 1)
+                  if c != value and c not in chosen]
+        if not others:
+            spread *= 2  # the window is used up: widen it
+            continue
+        chosen.append(rng.choice(others))
     return chosen
 
 
