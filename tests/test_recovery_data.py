@@ -170,9 +170,10 @@ def test_tokenize_example_masks_the_context_and_cuts():
     ctx = tok("<|user|>\nhi\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
     comp = tok("ok\n", add_special_tokens=False)["input_ids"]
     ex = data.tokenize_example(p, "ok", tok, 512)
-    assert ex == {"input_ids": ctx + comp, "labels": [-100] * len(ctx) + comp}
+    extra = {"context_len": len(ctx), "stop": []}  # where on-policy sampling starts, and where it stops
+    assert ex == {"input_ids": ctx + comp, "labels": [-100] * len(ctx) + comp, **extra}
     cut = data.tokenize_example(p, "ok", tok, len(ctx) + 1)
-    assert cut == {"input_ids": ctx + comp[:1], "labels": [-100] * len(ctx) + comp[:1]}
+    assert cut == {"input_ids": ctx + comp[:1], "labels": [-100] * len(ctx) + comp[:1], **extra}
     assert data.tokenize_example(p, "ok", tok, len(ctx)) is None  # no response token left
     unended = data.tokenize_example(p, "ok", tok, 512, end=False)
     assert unended["input_ids"] == ctx + comp[:-1]
