@@ -286,6 +286,17 @@ def test_summary_table(built):
     assert any(line.startswith("block_influence r=0.25 +lora") for line in lines)
 
 
+def test_summary_speed_comes_from_each_cells_results_row():
+    from prunescope.report.summary import _speed
+    nan = float("nan")
+    rows = [{"criterion": "width", "ratio": 0.2, "recovery": "none", "decode_speedup": 1.14,
+             "decode_speedup_lo": 1.09, "decode_speedup_hi": 1.22},
+            {"criterion": "reverse", "ratio": 0.2, "recovery": "none", "decode_speedup": nan,
+             "decode_speedup_lo": nan, "decode_speedup_hi": nan}]
+    assert _speed(rows, "width", 0.2, "none") == "1.14x [1.09, 1.22]"  # a method cell, named by its label
+    assert _speed(rows, "reverse", 0.2, "none") == "-" and _speed(rows, "width", 0.2, "lora") == "-"
+
+
 def _speed(cell_rounds, base_rounds):
     """A point's speed fields as frontier_points reads them from an efficiency.json with paired rounds."""
     from prunescope.report.frontier import speed_fields

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunescope.io import read_json
 from prunescope.report.tables import KINDS, aggregate, fmt_pct, kind_label, read_results_csv
-from prunescope.speed import decode_interval, fmt_speedup
+from prunescope.speed import fmt_speedup
 
 
 def summary_table(run_dir: str | Path) -> str:
@@ -34,10 +33,18 @@ def summary_table(run_dir: str | Path) -> str:
             mark = "*" if best.get((kind, r)) == (c, r, rec) else " "
             vals.append("-" if a is None else f"{fmt_pct(a['retention'])} [{fmt_pct(a['lo'])}, {fmt_pct(a['hi'])}]{mark}")
         first = next(agg[(c, r, rec, k)] for k in kinds if (c, r, rec, k) in agg)
-        eff_path = run_dir / "cells" / f"{c}-r{r:g}" / "efficiency.json"
-        eff = read_json(eff_path) if eff_path.is_file() and rec == "none" else {}
-        speed = (eff.get("speedup") or {}).get("decode")
-        lines.append([name, *vals, first["verdict"] or "-", fmt_speedup(speed, decode_interval(eff))])
+        lines.append([name, *vals, first["verdict"] or "-", _speed(rows, c, r, rec)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cols: "  ".join(str(x).ljust(w) for x, w in zip(cols, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), *map(fmt, lines), "* = kept most of that kind at that ratio; adj. = chance-adjusted retention"])
+
+
+def _speed(rows: list[dict], criterion: str, ratio: float, recovery: str) -> str:
+    """The cell's decode speedup with its interval, from its results.csv rows (depth and method cells)."""
+    row = next((x for x in rows if x["criterion"] == criterion and x["ratio"] == ratio and x["recovery"] == recovery
+                and x.get("decode_speedup") == x.get("decode_speedup") and x.get("decode_speedup") is not None), None)
+    if row is None:
+        return "-"
+    lo, hi = row.get("decode_speedup_lo"), row.get("decode_speedup_hi")
+    interval = {"lo": lo, "hi": hi} if lo is not None and lo == lo else None
+    return fmt_speedup(row["decode_speedup"], interval)
