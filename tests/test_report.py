@@ -199,7 +199,7 @@ def test_report_from_artifacts_alone(built):
     assert {r["decode_speedup_lo"] for r in csv_rows if r["ratio"] == "0.25" and r["recovery"] == "none"} == {"1.1"}
     # findings in words, computed from the numbers. At 25% removed the MC task keeps (38-12.5)/(40-12.5) = 93%
     # (reverse) and (36-12.5)/(40-12.5) = 85% (block_influence) above chance; generation (21/30 + 32/45) / 2 = 71%
-    assert ("Removing 25% of layers (2 of 8) keeps 85%-93% of classification accuracy above chance and 71% of "
+    assert ("Removing 25% of layers (2 of 8) keeps 85% to 93% of classification accuracy above chance and 71% of "
             "generative accuracy above chance") in md
     # after recovery: MC 40 of 40 (100%), generation (26/30 + 38/45) / 2 = 86%
     assert re.search(r"lora recovery brings chance-adjusted retention from classification 93% \[\d+%, \d+%\] and "

@@ -19,7 +19,7 @@ def _pct(x: float | None) -> str:
 
 def _span(values: list[float]) -> str:
     lo, hi = min(values), max(values)
-    return _pct(lo) if round(lo, 2) == round(hi, 2) else f"{_pct(lo)}-{_pct(hi)}"
+    return _pct(lo) if round(lo, 2) == round(hi, 2) else f"{_pct(lo)} to {_pct(hi)}"
 
 
 def _ci(a: dict) -> str:
