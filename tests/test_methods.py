@@ -179,6 +179,22 @@ def test_speculative_output_is_the_full_models_greedy_output():
     assert [b.self_attn.layer_idx for b in model.model.layers] == list(range(6))
 
 
+def test_assisted_generation_leaves_no_library_warnings(capsys, caplog):
+    from transformers.utils import logging as hf_logging
+    from prunescope.methods.speculative import generate_both
+    model, tok = make_tiny_model(layers=4), make_tokenizer()
+    draft = make_draft(model, removed=[1])
+    before = hf_logging.get_verbosity()
+    hf_logging.enable_propagation()  # so caplog sees what transformers would print
+    try:
+        generate_both(model, draft, torch.tensor([[5, 6, 7]]), max_new_tokens=6, assisted=True)
+    finally:
+        hf_logging.disable_propagation()
+    assert "generation_config" not in caplog.text and "logits processor" not in caplog.text
+    assert "generation_config" not in capsys.readouterr().err
+    assert hf_logging.get_verbosity() == before  # restored
+
+
 def test_compress_cli_writes_a_loadable_checkpoint(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
     from prunescope.io import read_json

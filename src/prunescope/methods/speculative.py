@@ -108,11 +108,17 @@ def generate_both(model, draft, input_ids: torch.Tensor, *, max_new_tokens: int,
     if assisted:
         kwargs["assistant_model"] = draft
     t, d = CallCounter(model), CallCounter(draft)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    # Assisted generation calls the draft's generate with its own generation_config plus arguments, and
+    # transformers warns about that combination on every call: nothing a user can act on.
+    hf_logging.set_verbosity_error()
     try:
         start = time.perf_counter()
         out = model.generate(input_ids, **kwargs)
         seconds = time.perf_counter() - start
     finally:
+        hf_logging.set_verbosity(verbosity)
         t.remove()
         d.remove()
     return out[:, input_ids.shape[1]:], {"seconds": seconds, "target_calls": t.calls, "draft_calls": d.calls}
