@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from prunescope.eval.forward import cache_of, forward, model_device, right_pad
-from prunescope.eval.prefix import Unshareable, _arange_rows, cache_supports_sharing, expand_cache
+from prunescope.eval.forward import cache_of, forward, model_device
+from prunescope.eval.prefix import Unshareable, add_rest_of_choices, cache_supports_sharing, context_pass
 
 
 def _fork(cache):
@@ -38,40 +38,12 @@ def score_and_generate_batch(model, tokenizer, prefix_cache, prefix_len: int,
 
     device = model_device(model)
     n = len(groups)
-    sufs = [ctx[prefix_len:] for ctx, _ in groups]
-    lens = torch.tensor([len(s) for s in sufs], device=device)
-    cache = expand_cache(prefix_cache, n) if prefix_cache is not None else None
-    ids, mask = right_pad(sufs, pad, device)
-    width = ids.shape[1]
-    full_mask = torch.cat([mask.new_ones((n, prefix_len)), mask], dim=1)
-    keep = width - int(lens.min()) + 1
-    out = forward(model, input_ids=ids, attention_mask=full_mask,
-                  position_ids=_arange_rows(prefix_len, width, n, device), cache=cache, use_cache=True,
-                  logits_to_keep=keep)
+    out, lens, full_mask, last, scores = context_pass(model, prefix_cache, prefix_len, groups, pad, use_cache=True)
     cache = cache_of(out)
     if not cache_supports_sharing(cache):
         raise Unshareable(type(cache).__name__)
-    last = out.logits[:, -keep:].float()[torch.arange(n, device=device), lens - 1 - (width - keep)]
-    first_logp = torch.log_softmax(last, dim=-1)
-    scores = [[first_logp[g, c[0]].item() for c in conts] for g, (_, conts) in enumerate(groups)]
-
     # Choices longer than one token: their other tokens against a fork of each context's cache.
-    longer = [(g, j, c) for g, (_, conts) in enumerate(groups) for j, c in enumerate(conts) if len(c) > 1]
-    if longer:
-        owner = torch.tensor([g for g, _, _ in longer], device=device)
-        choice_cache = _fork(cache)
-        choice_cache.batch_select_indices(owner)
-        ids2, mask2 = right_pad([c[:-1] for _, _, c in longer], pad, device)
-        w2 = ids2.shape[1]
-        pos = prefix_len + lens[owner][:, None] + torch.arange(w2, device=device)[None]
-        out2 = forward(model, input_ids=ids2, attention_mask=torch.cat([full_mask[owner], mask2], dim=1),
-                       position_ids=pos, cache=choice_cache, use_cache=True)
-        logp = torch.log_softmax(out2.logits[:, -w2:].float(), dim=-1)
-        tgt, _ = right_pad([c[1:] for _, _, c in longer], 0, device)
-        picked = (logp.gather(-1, tgt[..., None])[..., 0] * mask2).sum(-1).tolist()
-        for (g, j, _), s in zip(longer, picked):
-            scores[g][j] += s
-        del choice_cache, out2, logp
+    add_rest_of_choices(model, _fork(cache), prefix_len, lens, full_mask, groups, pad, scores)
 
     # Greedy generation from each context's own cache.
     rows = list(range(n))

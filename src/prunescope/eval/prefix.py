@@ -254,6 +254,56 @@ def windowed_attention(model) -> bool:
     return bool(getattr(cfg, "sliding_window", None)) and getattr(cfg, "use_sliding_window", True) is not False
 
 
+def context_pass(model, prefix_cache, prefix_len: int, groups: list[tuple[list[int], list[list[int]]]], pad: int, *,
+                 use_cache: bool):
+    """The first pass of ``score_batch_two_pass``: every group's whole suffix, right padded, after the cached
+    prefix. Returns (output, suffix lengths, attention mask over prefix + suffixes, logits of each row's last
+    real token, each continuation's first-token log-prob per group)."""
+    from prunescope.eval.forward import forward, model_device, right_pad
+
+    device = model_device(model)
+    n = len(groups)
+    lens = torch.tensor([len(ctx) - prefix_len for ctx, _ in groups], device=device)
+    cache = expand_cache(prefix_cache, n) if prefix_cache is not None else None
+    ids, mask = right_pad([ctx[prefix_len:] for ctx, _ in groups], pad, device)
+    width = ids.shape[1]
+    full_mask = torch.cat([mask.new_ones((n, prefix_len)), mask], dim=1)
+    keep = width - int(lens.min()) + 1
+    out = forward(model, input_ids=ids, attention_mask=full_mask, position_ids=_arange_rows(prefix_len, width, n, device),
+                  cache=cache, use_cache=use_cache, logits_to_keep=keep)
+    last = out.logits[:, -keep:].float()[torch.arange(n, device=device), lens - 1 - (width - keep)]
+    first_logp = torch.log_softmax(last, dim=-1)  # (groups, vocab)
+    scores = [[first_logp[g, c[0]].item() for c in conts] for g, (_, conts) in enumerate(groups)]
+    return out, lens, full_mask, last, scores
+
+
+def add_rest_of_choices(model, cache, prefix_len: int, lens: torch.Tensor, full_mask: torch.Tensor,
+                        groups: list[tuple[list[int], list[list[int]]]], pad: int, scores: list[list[float]]) -> None:
+    """The second pass of ``score_batch_two_pass``: the continuation tokens after the first, one row per
+    continuation, against its group's rows of ``cache`` (the context pass's cache, which this selects from
+    in place); their log-probs are added to ``scores``."""
+    from prunescope.eval.forward import forward, model_device, right_pad
+
+    longer = [(g, j, c) for g, (_, conts) in enumerate(groups) for j, c in enumerate(conts) if len(c) > 1]
+    if not longer:
+        return
+    device = model_device(model)
+    owner = torch.tensor([g for g, _, _ in longer], device=device)
+    cache.batch_select_indices(owner)
+    ids2, mask2 = right_pad([c[:-1] for _, _, c in longer], pad, device)
+    w2 = ids2.shape[1]
+    pos = prefix_len + lens[owner][:, None] + torch.arange(w2, device=device)[None]
+    # padding slots (masked) take a real position: past the table, absolute position embeddings fail
+    pos = torch.where(mask2.bool(), pos, prefix_len + lens[owner][:, None] - 1)
+    out = forward(model, input_ids=ids2, attention_mask=torch.cat([full_mask[owner], mask2], dim=1), position_ids=pos,
+                  cache=cache, use_cache=True)
+    logp = torch.log_softmax(out.logits[:, -w2:].float(), dim=-1)
+    tgt, _ = right_pad([c[1:] for _, _, c in longer], 0, device)
+    picked = (logp.gather(-1, tgt[..., None])[..., 0] * mask2).sum(-1).tolist()
+    for (g, j, _), s in zip(longer, picked):
+        scores[g][j] += s
+
+
 @torch.inference_mode()
 def score_batch_two_pass(model, prefix_cache, prefix_len: int, groups: list[tuple[list[int], list[list[int]]]],
                          pad: int) -> list[list[float]]:
@@ -262,25 +312,13 @@ def score_batch_two_pass(model, prefix_cache, prefix_len: int, groups: list[tupl
     then the continuation tokens after the first, one row per continuation. The second pass's rows
     have a hole (the first pass's padding), which the attention mask hides and explicit positions
     skip; that is exact for full attention, not for windowed attention (``windowed_attention``)."""
-    from prunescope.eval.forward import cache_of, forward, model_device, right_pad
+    from prunescope.eval.forward import cache_of
 
-    device = model_device(model)
-    sufs = [ctx[prefix_len:] for ctx, _ in groups]
-    lens = torch.tensor([len(s) for s in sufs], device=device)
-    cache = expand_cache(prefix_cache, len(groups)) if prefix_cache is not None else None
-    ids, mask = right_pad(sufs, pad, device)
-    width = ids.shape[1]
-    full_mask = torch.cat([mask.new_ones((len(groups), prefix_len)), mask], dim=1)
-    keep = width - int(lens.min()) + 1
-    out = forward(model, input_ids=ids, attention_mask=full_mask,
-                  position_ids=_arange_rows(prefix_len, width, len(groups), device), cache=cache,
-                  use_cache=any(len(c) > 1 for _, conts in groups for c in conts), logits_to_keep=keep)
-    last = out.logits[:, -keep:].float()[torch.arange(len(groups), device=device), lens - 1 - (width - keep)]
-    first_logp = torch.log_softmax(last, dim=-1)  # (groups, vocab)
-    scores = [[first_logp[g, c[0]].item() for c in conts] for g, (_, conts) in enumerate(groups)]
-    longer = [(g, j, c) for g, (_, conts) in enumerate(groups) for j, c in enumerate(conts) if len(c) > 1]
-    if not longer:
-        return scores
+    multi = any(len(c) > 1 for _, conts in groups for c in conts)
+    out, lens, full_mask, _, scores = context_pass(model, prefix_cache, prefix_len, groups, pad, use_cache=multi)
+    if multi:
+        add_rest_of_choices(model, cache_of(out), prefix_len, lens, full_mask, groups, pad, scores)
+    return scores
     cache = cache_of(out)
     owner = torch.tensor([g for g, _, _ in longer], device=device)
     cache.batch_select_indices(owner)
