@@ -274,13 +274,13 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_token
                    logits_to_keep=1)
     cache = cache_of(out) if use_cache else None
     next_tok = out.logits[:, -1].argmax(-1)
-    for step in range(max_new_tokens):
+    for _ in range(max_new_tokens):  # take_token ends every row by the budget
         keep = []
         for r, tok in enumerate(next_tok.tolist()):
             if take_token(tokenizer, tok, rows[r], generated, texts, stop=stop, eos=eos, settled=settled,
                           max_new_tokens=max_new_tokens):
                 keep.append(r)
-        if not keep or step == max_new_tokens - 1:
+        if not keep:
             break
         keep_t = torch.tensor(keep, device=device)
         if len(keep) < len(rows):  # early exit: finished sequences leave the batch

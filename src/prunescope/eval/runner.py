@@ -41,8 +41,8 @@ class _Answered:
     """A backend that answers from results already computed: a matched pair's shared pass over its contexts
     (``engine.score_and_generate``), handed to each task of the pair in turn."""
 
-    def __init__(self, scores, outputs, seconds: float, partner: str):
-        self.scores, self.outputs, self.seconds, self.partner = scores, outputs, seconds, partner
+    def __init__(self, items, scores, outputs, seconds: float, partner: str):
+        self.items, self.scores, self.outputs, self.seconds, self.partner = items, scores, outputs, seconds, partner
 
     def score_choices(self, items, **_):
         return self.scores
@@ -68,23 +68,33 @@ def _shared_passes(model, tokenizer, tasks: list[Task], *, limit, seed, batch_si
         if ([it.id for it in mc_items] != [it.id for it in gen_items]
                 or contexts != [gen.render(it, tokenizer, chat=chat) for it in gen_items]):
             continue
-        from prunescope.tasks.rules import token_prefix_problems
-        problems = token_prefix_problems(mc, mc_items, tokenizer, chat=chat)
-        if problems:
-            raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
-        settled = None
-        if gen.settled is not None and not full_outputs:
-            settled = lambda i, text, g=gen, its=gen_items: g.settled(its[i], text)  # noqa: E731
+        _check_token_prefixes(mc, mc_items, tokenizer, chat)
         start = time.perf_counter()
         result = engine.score_and_generate(model, tokenizer, [(c, it.choices) for c, it in zip(contexts, mc_items)],
-                                           max_new_tokens=gen.max_new_tokens, stop=gen.stop, settled=settled,
-                                           batch_size=batch_size, progress=progress, desc=f"{mc.name} + {gen.name}")
+                                           max_new_tokens=gen.max_new_tokens, stop=gen.stop,
+                                           settled=_settled(gen, gen_items, full_outputs), batch_size=batch_size,
+                                           progress=progress, desc=f"{mc.name} + {gen.name}")
         if result is None:
             continue
         half = (time.perf_counter() - start) / 2
-        answered[mc.name] = _Answered(result[0], None, half, gen.name)
-        answered[gen.name] = _Answered(None, result[1], half, mc.name)
+        answered[mc.name] = _Answered(mc_items, result[0], None, half, gen.name)
+        answered[gen.name] = _Answered(gen_items, None, result[1], half, mc.name)
     return answered
+
+
+def _settled(task: Task, items, full_outputs: bool):
+    """``settled(i, text)`` for the engine: item ``i``'s verdict is decided (None: decode whole outputs)."""
+    if task.settled is None or full_outputs:
+        return None
+    return lambda i, text: task.settled(items[i], text)
+
+
+def _check_token_prefixes(task: Task, items, tokenizer, chat) -> None:
+    """A UsageError when a choice's tokens are a prefix of another's (tasks/rules.py)."""
+    from prunescope.tasks.rules import token_prefix_problems
+    problems = token_prefix_problems(task, items, tokenizer, chat=chat)
+    if problems:
+        raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
 
 
 def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, chat, progress):
@@ -105,9 +115,8 @@ def _run_multiple_choice(task: Task, items, backend, tokenizer, *, batch_size, c
 
 def _run_generate(task: Task, items, backend, tokenizer, *, batch_size, chat, progress, full_outputs=False):
     prompts = [task.render(it, tokenizer, chat=chat) for it in items]
-    kw = {}
-    if task.settled is not None and not full_outputs:
-        kw["settled"] = lambda i, text: task.settled(items[i], text)
+    settled = _settled(task, items, full_outputs)
+    kw = {} if settled is None else {"settled": settled}
     outputs = backend.generate(prompts, max_new_tokens=task.max_new_tokens, stop=task.stop,
                                batch_size=batch_size, progress=progress, desc=task.name, **kw)
     details: list[dict[str, Any]] = [{} for _ in items]
@@ -148,14 +157,12 @@ def evaluate_task(model, tokenizer, task: Task, *, limit: int | None = None, see
         metrics.setdefault("ci95", list(wilson_interval(metrics.get("correct", 0), metrics.get("n", 0))))
         metrics.setdefault("normalized", chance_normalised(metrics["accuracy"], metrics.get("chance", 0.0)))
     else:
-        items = task.items(limit, seed=seed, split="eval")
+        answered = isinstance(backend, _Answered)  # its items were built and checked for the shared pass
+        items = backend.items if answered else task.items(limit, seed=seed, split="eval")
         if not items:
             raise UsageError(f"task {task.name} has no evaluation items")
-        if task.kind == "multiple_choice" and tokenizer is not None:
-            from prunescope.tasks.rules import token_prefix_problems
-            problems = token_prefix_problems(task, items, tokenizer, chat=chat)
-            if problems:
-                raise UsageError(f"{problems[0]} ({len(problems)} item(s) in all)")
+        if task.kind == "multiple_choice" and tokenizer is not None and not answered:
+            _check_token_prefixes(task, items, tokenizer, chat)
         if task.kind == "multiple_choice":
             flags, extras, samples = _run_multiple_choice(task, items, backend, tokenizer, batch_size=batch_size,
                                                           chat=chat, progress=progress)
