@@ -46,22 +46,27 @@ def method_specs(methods: list, ratios: list[float]) -> list[dict[str, Any]]:
     return out
 
 
+def _variant(spec: dict) -> str | None:
+    """The setting that names a method's cell beside the method: quant's scheme, replace's FFN replacement."""
+    settings = spec["settings"]
+    if spec["method"] == "quant":
+        return settings["scheme"]
+    if spec["method"] == "replace" and settings.get("replacement", "layer") != "layer":
+        return settings["replacement"]  # LLM-Streamline's FFN beside its layer replacement
+    return None
+
+
 def method_label(spec: dict) -> str:
     """``merge``, ``quant-int8``, ``speculative:block_influence``: the method as results.csv names it."""
-    name, settings = spec["method"], spec["settings"]
-    if name == "quant":
-        return f"quant-{settings['scheme']}"
-    if name == "replace" and settings.get("replacement", "layer") != "layer":
-        return f"replace-{settings['replacement']}"  # LLM-Streamline's FFN beside its layer replacement
+    name, settings, variant = spec["method"], spec["settings"], _variant(spec)
+    if variant:
+        return f"{name}-{variant}"
     return f"{name}:{settings['criterion']}" if "criterion" in settings else name
 
 
 def method_cell_name(spec: dict) -> str:
-    r = spec["ratio"]
-    tag = f"-{spec['settings']['scheme']}" if spec["method"] == "quant" else ""
-    if spec["method"] == "replace" and spec["settings"].get("replacement", "layer") != "layer":
-        tag = f"-{spec['settings']['replacement']}"
-    return f"method-{spec['method']}{tag}" + (f"-r{r:g}" if r is not None else "")
+    r, variant = spec["ratio"], _variant(spec)
+    return f"method-{spec['method']}" + (f"-{variant}" if variant else "") + (f"-r{r:g}" if r is not None else "")
 
 
 def same_outputs_as_base(method: str, record: dict) -> str | None:
