@@ -57,10 +57,6 @@ def test_depth_equals_the_criterion_cut():
     torch.testing.assert_close(_logits(result.model, IDS), expected)
 
 
-def _span_io(model, tok, a, b):
-    return span_io(model, tok, a, b, TEXTS)
-
-
 def test_replace_trained_layer_beats_removing_the_span(tmp_path):
     model, tok = make_tiny_model(layers=6), make_tokenizer()
     original = copy.deepcopy(model)
@@ -68,8 +64,8 @@ def test_replace_trained_layer_beats_removing_the_span(tmp_path):
                       settings={"steps": 60, "lr": 3e-3, "min_lr": 3e-4, "batch_tokens": 64})
     a, b = result.record["span"]
     assert b - a == 2 and result.model.config.num_hidden_layers == 4
-    span_in, span_out = _span_io(original, tok, a, b)
-    _, replaced_out = _span_io(result.model, tok, a, a)
+    span_in, span_out = span_io(original, tok, a, b, TEXTS)
+    _, replaced_out = span_io(result.model, tok, a, a, TEXTS)
     mse_remove = torch.mean((span_in - span_out) ** 2).item()
     mse_trained = torch.mean((replaced_out - span_out) ** 2).item()
     assert mse_trained < 0.8 * mse_remove, (mse_trained, mse_remove)

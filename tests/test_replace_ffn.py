@@ -27,10 +27,6 @@ def _logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
-def _span_io(model, tok, a, b):
-    return span_io(model, tok, a, b, TEXTS)
-
-
 def test_trained_ffn_beats_removing_the_span_and_reloads_equal(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -40,8 +36,8 @@ def test_trained_ffn_beats_removing_the_span_and_reloads_equal(tmp_path):
                       settings={"steps": 80, "lr": 3e-3, "min_lr": 3e-4, "batch_tokens": 64, "replacement": "ffn"})
     a, b = result.record["span"]
     assert b - a == 2 and result.model.config.num_hidden_layers == 4 and result.record["replacement"] == "ffn"
-    span_in, span_out = _span_io(original, tok, a, b)
-    replaced_in, replaced = _span_io(result.model, tok, a, a)
+    span_in, span_out = span_io(original, tok, a, b, TEXTS)
+    replaced_in, replaced = span_io(result.model, tok, a, a, TEXTS)
     torch.testing.assert_close(replaced_in, span_in)  # earlier blocks untouched
     mse_remove = torch.mean((span_in - span_out) ** 2).item()
     mse_ffn = torch.mean((replaced - span_out) ** 2).item()
