@@ -319,19 +319,3 @@ def score_batch_two_pass(model, prefix_cache, prefix_len: int, groups: list[tupl
     if multi:
         add_rest_of_choices(model, cache_of(out), prefix_len, lens, full_mask, groups, pad, scores)
     return scores
-    cache = cache_of(out)
-    owner = torch.tensor([g for g, _, _ in longer], device=device)
-    cache.batch_select_indices(owner)
-    ids2, mask2 = right_pad([c[:-1] for _, _, c in longer], pad, device)
-    w2 = ids2.shape[1]
-    pos = prefix_len + lens[owner][:, None] + torch.arange(w2, device=device)[None]
-    # padding slots (masked) take a real position: past the table, absolute position embeddings fail
-    pos = torch.where(mask2.bool(), pos, prefix_len + lens[owner][:, None] - 1)
-    out = forward(model, input_ids=ids2, attention_mask=torch.cat([full_mask[owner], mask2], dim=1), position_ids=pos,
-                  cache=cache, use_cache=True)
-    logp = torch.log_softmax(out.logits[:, -w2:].float(), dim=-1)
-    tgt, _ = right_pad([c[1:] for _, _, c in longer], 0, device)
-    picked = (logp.gather(-1, tgt[..., None])[..., 0] * mask2).sum(-1).tolist()
-    for (g, j, _), s in zip(longer, picked):
-        scores[g][j] += s
-    return scores
