@@ -230,3 +230,42 @@ def test_two_evaluators_never_share_a_sandbox_user():
     finally:
         holder.kill()
         holder.wait()
+
+
+def _child_with_setup(setup_s: float, run_s: float):
+    """A process that takes ``setup_s`` before its first verdict line (the sandbox being put in place)
+    and ``run_s`` after it (the program), then writes the nonce and exits."""
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    code = (f"import os, sys, time\nnonce = sys.stdin.buffer.read()\ntime.sleep({setup_s})\n"
+            f"os.write({write_end}, b'{{}}\\n')\ntime.sleep({run_s})\nos.write({write_end}, nonce)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(write_end,))
+    os.close(write_end)
+    return proc, read_end
+
+
+@pytest.mark.parametrize("setup_s, run_s, timeout, setup_timeout, stopped", [
+    (1.2, 0.3, 1.0, 10.0, None),        # a slow start does not count against the program's limit
+    (0.0, 1.5, 1.0, 10.0, "timeout"),   # the program's own time does
+    (1.5, 0.0, 10.0, 0.6, "setup"),     # a start beyond its allowance is the host's, not a timeout
+])
+def test_time_limit_counts_from_the_sandbox_in_place(setup_s, run_s, timeout, setup_timeout, stopped):
+    from prunescope.sandbox.capture import Clock, read_until_exit
+
+    proc, read_end = _child_with_setup(setup_s, run_s)
+    clock = Clock(timeout, setup_timeout)
+    try:
+        _, _, verdict, why = read_until_exit(proc, nonce=b"N0NCE", verdict_fd=read_end, clock=clock,
+                                             on_exit=lambda: None, watch=lambda: None)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(read_end)
+    assert why == stopped
+    if stopped is None:
+        assert verdict == b"{}\nN0NCE"
+        assert clock.program_started - clock.started >= setup_s
+    assert (clock.program_started is None) == (stopped == "setup")

@@ -55,15 +55,37 @@ class Capture:
         return f"{head}\n[... {omitted} bytes omitted ...]\n{tail}", found
 
 
-def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, deadline: float,
+class Clock:
+    """The program's time limit, counted from when the sandbox is in place (the worker's first line on
+    the verdict channel), not from the process start: setting up namespaces can stall for seconds on a
+    busy kernel, and that is not the program's time. Setting up has its own allowance."""
+
+    def __init__(self, timeout: float, setup_timeout: float):
+        self.started = time.monotonic()
+        self.timeout = timeout
+        self.program_started: float | None = None
+        self.deadline = self.started + setup_timeout
+
+    def setup_done(self) -> None:
+        if self.program_started is None:
+            self.program_started = time.monotonic()
+            self.deadline = self.program_started + self.timeout
+
+    def expired(self) -> str:
+        """Why the deadline passed: ``"timeout"`` once the program runs, ``"setup"`` before."""
+        return "timeout" if self.program_started is not None else "setup"
+
+
+def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, clock: Clock,
                     on_exit: Callable[[], None], watch: Callable[[], str | None],
                     watch_every: float = 0.1) -> tuple[Capture, Capture, bytes, str | None]:
     """Send ``nonce`` on stdin, then read stdout, stderr and the verdict channel until all close or
-    ``deadline`` (monotonic) passes. ``on_exit`` runs once when the main process has exited but the
-    pipes stay open, to kill whatever it left holding them; ``watch`` runs every ``watch_every``
-    seconds and returns a reason to stop the program (a budget exceeded) or None. Returns the
-    captures, the first ``VERDICT_BYTES`` of the verdict channel, and why the program was stopped
-    (``"timeout"``, the reason ``watch`` gave, or None)."""
+    ``clock``'s deadline passes (the program's limit starts at the verdict channel's first line).
+    ``on_exit`` runs once when the main process has exited but the pipes stay open, to kill whatever
+    it left holding them; ``watch`` runs every ``watch_every`` seconds and returns a reason to stop the
+    program (a budget exceeded) or None. Returns the captures, the first ``VERDICT_BYTES`` of the
+    verdict channel, and why the program was stopped (``"timeout"``, ``"setup"`` when the sandbox did
+    not start in its allowance, the reason ``watch`` gave, or None)."""
     try:
         proc.stdin.write(nonce)  # a few bytes: fits the pipe buffer, never blocks
         proc.stdin.close()
@@ -81,15 +103,15 @@ def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, de
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             now = time.monotonic()
-            if now >= deadline:
-                stopped = "timeout"
+            if now >= clock.deadline:
+                stopped = clock.expired()
                 break
             if now >= next_watch:
                 next_watch = now + watch_every
                 stopped = watch()
                 if stopped:
                     break
-            for key, _ in selector.select(min(deadline - now, 0.05)):
+            for key, _ in selector.select(min(clock.deadline - now, 0.05)):
                 try:
                     data = os.read(key.fd, 65536)
                 except BlockingIOError:
@@ -98,6 +120,8 @@ def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, de
                     selector.unregister(key.fd)
                 elif key.fd == verdict_fd:
                     verdict += data[:max(0, VERDICT_BYTES - len(verdict))]
+                    if b"\n" in verdict:
+                        clock.setup_done()
                 else:
                     captures[key.fd].add(data)
             if exited_at is None and proc.poll() is not None:
@@ -109,7 +133,7 @@ def read_until_exit(proc: subprocess.Popen, *, nonce: bytes, verdict_fd: int, de
     proc.stderr.close()
     if stopped is None:
         try:  # the pipes may close (or be closed by the program) before the process ends
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.0, clock.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            stopped = "timeout"
+            stopped = clock.expired()
     return out, err, bytes(verdict), stopped

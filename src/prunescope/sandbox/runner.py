@@ -44,7 +44,7 @@ from pathlib import Path
 
 from prunescope.sandbox import layers
 from prunescope.sandbox import users
-from prunescope.sandbox.capture import read_until_exit
+from prunescope.sandbox.capture import Clock, read_until_exit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ STATUSES = ("passed", "assertion", "bracket_syntax", "syntax", "name_error", "ti
 WORKER = Path(__file__).with_name("worker.py")
 MAX_OPEN_FILES = 64
 EXIT_ISOLATION_FAILED = 125  # the worker could not apply a layer the probe had applied
+SETUP_TIMEOUT = 60.0  # seconds a worker may take to put the sandbox in place, before the program's own limit
 BRACKET_MESSAGES = ("was never closed", "unmatched", "does not match", "unexpected eof", "closing parenthesis")
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Iteration))(?::\s?(.*))?$")
 
@@ -60,7 +61,8 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Excep
 class SandboxResult:
     """Outcome of one program: ``status`` is one of ``STATUSES``; ``reason`` is one line;
     ``stdout``/``stderr`` are truncated in the middle when long; ``returncode`` is negative for a
-    signal and None when the process could not be started; ``duration`` is wall seconds;
+    signal and None when the process could not be started; ``duration`` is the program's wall seconds,
+    from the sandbox being in place to its end, and ``setup_seconds`` the time before that;
     ``isolation`` is the layers the worker applied (see ``isolation()``)."""
     passed: bool
     status: str
@@ -70,6 +72,7 @@ class SandboxResult:
     returncode: int | None
     duration: float
     isolation: dict = field(default_factory=dict)
+    setup_seconds: float = 0.0
 
 
 def _last_exception(stderr: str) -> tuple[str, str] | None:
@@ -199,7 +202,8 @@ def _run_one(program: str, base_dir: str, options: dict, plan: dict) -> SandboxR
         config = _config(uid, stdlib_mount, plan, write_end, **options)
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", marker.split("=")[0]: marker.split("=")[1]}
-        start = time.monotonic()
+        clock = Clock(timeout, SETUP_TIMEOUT)
+        start = clock.started
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(WORKER), json.dumps(config)], cwd=work,
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, close_fds=True, pass_fds=(write_end,))
@@ -207,9 +211,10 @@ def _run_one(program: str, base_dir: str, options: dict, plan: dict) -> SandboxR
         write_end = None
         watch = _disk_watch(work, options["max_disk_mb"] << 20, options["max_files"])
         out, err, verdict, stopped = read_until_exit(
-            proc, nonce=nonce, verdict_fd=read_end, deadline=start + timeout,
+            proc, nonce=nonce, verdict_fd=read_end, clock=clock,
             on_exit=lambda: _kill_leftovers(proc, uid, marker), watch=watch)
-        duration = time.monotonic() - start
+        setup_seconds = (clock.program_started or time.monotonic()) - start
+        duration = time.monotonic() - start - setup_seconds
     except OSError as exc:
         return SandboxResult(False, "other", f"could not start the sandbox: {exc}", "", "", None,
                              time.monotonic() - start)
@@ -238,13 +243,18 @@ def _run_one(program: str, base_dir: str, options: dict, plan: dict) -> SandboxR
     stderr, _ = err.text()
     timed_out = stopped == "timeout"
     if verdict_rest == nonce and proc.returncode == 0 and not stopped:
-        return SandboxResult(True, "passed", "passed", stdout, stderr, 0, duration, applied)
+        return SandboxResult(True, "passed", "passed", stdout, stderr, 0, duration, applied, setup_seconds)
+    if stopped == "setup":  # the host, not the program: no code of it ran
+        reason = f"the sandbox did not start within {SETUP_TIMEOUT:g} s (a stalled host; run it again)"
+        return SandboxResult(False, "other", reason, stdout, stderr, proc.returncode, duration, applied,
+                             setup_seconds)
     if stopped and not timed_out:
         reason = f"stopped: {stopped} (limits {options['max_disk_mb']} MB, {options['max_files']} files)"
-        return SandboxResult(False, "killed", reason, stdout, stderr, proc.returncode, duration, applied)
+        return SandboxResult(False, "killed", reason, stdout, stderr, proc.returncode, duration, applied,
+                             setup_seconds)
     status = classify_failure(stderr, proc.returncode, timed_out)
     return SandboxResult(False, status, _reason(status, stderr, proc.returncode, timeout), stdout, stderr,
-                         proc.returncode, duration, applied)
+                         proc.returncode, duration, applied, setup_seconds)
 
 
 def _kill_leftovers(proc: subprocess.Popen, uid: int | None, marker: str) -> None:
