@@ -188,13 +188,54 @@ def test_task_batches_hold_each_item_once_with_only_its_answer_scored(two_tasks)
     assert ctx._calib_info == {"calib": "tasks", "calib_items": 4}
 
 
-def test_task_batches_refuse_a_task_without_any_answer(two_tasks):
+def test_task_batches_take_32_items_per_task_and_plain_prompts_without_a_chat_template(two_tasks):
+    """A task with more calibration items gives 32; a tokenizer with no chat template at all (not even the
+    attribute) gets every prompt plain, with its BOS."""
+    from prunescope.criteria.iterative import _task_batches
+    from prunescope.tasks import TASKS, Task
+
+    class NoTemplate:  # the tokenizer's calls and ids, without a chat_template attribute
+        def __init__(self, tok):
+            self.tok, self.pad_token_id, self.eos_token_id = tok, tok.pad_token_id, tok.eos_token_id
+
+        def __call__(self, *args, **kw):
+            return self.tok(*args, **kw)
+    many = [(f"{k} + 1 =", f" {k + 1}") for k in range(40)]
+    TASKS._items["iter_plain"] = lambda: Task("iter_plain", "generate", "test", _items(many))
+    tok = _bos_tokenizer()
+    ctx = ScoringContext(model=_tiny(48, layers=2), tokenizer=NoTemplate(tok), progress=False, seed=3)
+    got = _batch_rows(_task_batches(ctx, two_tasks))
+    plain = [(ids, scored, g) for ids, scored, g in _reference_rows(tok, ["iter_plain"], 48)]
+    chat = []
+    for item in TASKS.get("iter_chat")().items(32, seed=3, split="calib"):
+        context, answer = tok(item.prompt).input_ids, tok(item.target, add_special_tokens=False).input_ids[:47]
+        ids = (context + answer)[-48:]
+        chat.append((ids, [False] * (len(ids) - len(answer)) + [True] * len(answer), 1))
+    assert len(plain) == 32 and sorted(got) == sorted(plain[:32] + chat)
+    assert ctx._calib_info == {"calib": "tasks", "calib_items": 32 + 3}
+
+
+def test_task_batches_refuse_tasks_without_any_answer(two_tasks):
     from prunescope.criteria.iterative import _task_batches
     from prunescope.tasks import TASKS, Task
     TASKS._items["iter_chat"] = lambda: Task("iter_chat", "generate", "test", _items([("a", ""), ("b", "")]))
     ctx = ScoringContext(model=_tiny(48, layers=2), tokenizer=_bos_tokenizer(), progress=False)
     with pytest.raises(UsageError, match=r"^greedy_task: no calibration items with a non-empty target for iter_chat$"):
         _task_batches(ctx, two_tasks)
+    TASKS._items["iter_plain"] = TASKS._items["iter_chat"]
+    with pytest.raises(UsageError, match=r"target for iter_plain, iter_chat$"):
+        _task_batches(ctx, two_tasks)
+
+
+def test_teacher_forced_objective_without_the_tasks_package_says_what_to_pass(monkeypatch, tokenizer):
+    import sys
+
+    from prunescope.criteria.iterative import _task_batches
+    monkeypatch.setitem(sys.modules, "prunescope.tasks", None)  # importing it now fails
+    ctx = ScoringContext(model=_tiny(48, layers=2), tokenizer=tokenizer, progress=False)
+    with pytest.raises(UsageError, match=r"^greedy_task needs the prunescope\.tasks package for its default scorer; "
+                                         r"pass task_scorer=fn\(model\) -> float instead$"):
+        _task_batches(ctx, ["iter_plain"])
 
 
 def _answer_probability(model, rows, removed, groups):
