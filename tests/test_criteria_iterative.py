@@ -387,13 +387,14 @@ def _run(reuse, value, removed, planned, calls):
 # call 2, removed [3]: capture 6. 5 runs 6 (1); 4's state at 5 is stale (3 < 5 went since): runs 5, 6 (2);
 #   2's state at 3 is its own input: runs 4, 5, 6 (3); 1 starts at 3's input: runs 4, 5, 6 (3, not 2, 4, 5, 6)
 #   -> 15. Winner 4 (tie with 1 -> the later). Kept: 2 and 1 at block 4.
-# call 3, removed [3, 4]: capture 5. 5 runs 6 (1); 2 and 1 start at block 4's input: run 5, 6 (2 each) -> 10.
-# call 4, removed [1]: a different first removal, so no kept state holds: capture 6; 2: 3..6 (4); 3: 4..6 (3);
-#   4: 5, 6 (2); 5: 6 (1) -> 16.
+# call 3, removed [3, 4], candidates 1 and 2 only: capture 5 (no candidate needs it, which is no reason to
+#   fall back); 2 and 1 start at block 4's input: run 5, 6 (2 each) -> 9.
+# call 4, removed [1]: a different first removal, so no kept state holds: capture 6; 0: 2..6 (5); 2: 3..6 (4);
+#   3: 4..6 (3); 4: 5, 6 (2); 5: 6 (1) -> 21.
 CALLS = [([], {1: 0.3, 2: 0.9, 3: 0.9, 4: 0.1, 5: 0.2}, 22),
          ([3], {1: 0.5, 2: 0.4, 4: 0.5, 5: 0.1}, 15),
-         ([3, 4], {1: 0.2, 2: 0.2, 5: 0.2}, 10),
-         ([1], {2: 0.7, 3: 0.1, 4: 0.2, 5: 0.3}, 16)]
+         ([3, 4], {1: 0.2, 2: 0.2}, 9),
+         ([1], {0: 0.4, 2: 0.7, 3: 0.1, 4: 0.2, 5: 0.3}, 21)]
 
 
 def test_step_reuse_keeps_the_states_its_docstring_promises_and_gives_the_reference_values(reuse_setup):
@@ -409,6 +410,45 @@ def test_step_reuse_keeps_the_states_its_docstring_promises_and_gives_the_refere
         for h in handles:
             h.remove()
     assert not reuse.fallback
+
+
+def test_step_reuse_keeps_no_state_for_a_block_its_run_skipped(reuse_setup):
+    """call 1: winner 4; 1, 2 and 3 keep block 4's input. call 2, removed [4]: 1 starts there while the best
+    block evaluated before it is 3, which its run skips: 1 keeps its block-4 state, which call 3 (removed
+    [4, 3]) must not use (3 went before block 4): 1 runs 2, 5, 6 again.
+    Blocks per batch: call 2: capture 6; 5: 1; 3: 5, 6 (2); 2 and 1 from block 4's input: 2 each -> 13.
+    call 3: capture 5; 5: 1; 2: 5, 6 (2); 1: 2, 5, 6 (3) -> 11."""
+    from prunescope.criteria.reuse import StepReuse
+    model, batches = reuse_setup
+    value = _Planned(model, batches)
+    reuse = StepReuse(model, batches, value, later_wins_ties=True)
+    calls, handles = _block_calls(model)
+    try:
+        assert _run(reuse, value, [], {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.9, 5: 0.5}, calls) == (22, 10)
+        assert _run(reuse, value, [4], {1: 0.1, 2: 0.2, 3: 0.9, 5: 0.5}, calls) == (13, 8)
+        assert _run(reuse, value, [4, 3], {1: 0.5, 2: 0.5, 5: 0.5}, calls) == (11, 6)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_step_reuse_budget_with_a_single_sequence_in_the_first_batch(reuse_setup):
+    """The same texts in batches of 1 x 44, 1 x 35, 3 x 18 and 1 x 6 tokens: the budget reads a block input's
+    size from the first batch, which holds one sequence."""
+    from common import make_tokenizer
+    from prunescope.criteria.calibration import pack
+    from prunescope.criteria.reuse import StepReuse
+    model, _ = reuse_setup
+    tok = make_tokenizer()
+    rows = [(ids, [False] + [True] * (len(ids) - 1), 0) for ids in (tok(t).input_ids for t in REUSE_TEXTS)]
+    batches = pack(tok, rows, batch_tokens=60)
+    tokens = sum(b.input_ids.numel() for b in batches)
+    assert batches[0].input_ids.shape[0] == 1 and len(batches) > 2
+    for budget, fallback in [(7 * tokens * 32 * 4, False), (7 * tokens * 32 * 4 - 1, True)]:
+        value = _Planned(model, batches)
+        value.plan([], CALLS[0][1])
+        reuse = StepReuse(model, batches, value, later_wins_ties=True, budget=budget)
+        assert reuse([], [1, 2, 3, 4, 5], None) == CALLS[0][1] and reuse.fallback is fallback
 
 
 def test_step_reuse_with_ties_to_the_earlier_block(reuse_setup):
