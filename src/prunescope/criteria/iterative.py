@@ -164,7 +164,6 @@ def _greedy_with_scorer(ctx: ScoringContext, candidates, scorer: Callable[[objec
                        objective="custom" if tasks is None else ctx.greedy_objective)
     if tasks is not None:
         result.info.update(tasks=tasks, items_per_task=ITEMS_PER_TASK)
-        ctx._calib_info = {"calib": "tasks", "calib_items": ITEMS_PER_TASK * len(tasks)}
     return result
 
 
@@ -186,6 +185,8 @@ def _accuracy_scorer(ctx: ScoringContext, tasks: list[str]) -> Callable[[object]
         if not items:
             raise UsageError(f"greedy_task: {name} has no calibration items")
         prepared.append((task, items))
+    # the items used, which is fewer than ITEMS_PER_TASK per task for a task with fewer calibration items
+    ctx._calib_info = {"calib": "tasks", "calib_items": sum(len(items) for _, items in prepared)}
 
     def scorer(model) -> list[float]:
         out = []
