@@ -34,7 +34,7 @@ def test_describe_calibration(calib, described):
 
 @pytest.mark.parametrize("spec, is_file", [
     ("name", False), ("org/name", False), ("org/name:config", False), ("a/b/c", True), ("c.jsonl", True),
-    ("c.json", True), ("c.txt", True), ("./c", True), ("/abs/c", True), ("~/c", True), ("EXISTS", True),
+    ("c.json", True), ("c.txt", True), ("./c", True), ("/c", True), ("/abs/c", True), ("~/c", True), ("EXISTS", True),
 ])
 def test_file_specs_versus_hub_ids(tmp_path, spec, is_file):
     if spec == "EXISTS":
@@ -66,20 +66,29 @@ def test_jsonl_texts_must_be_strings_and_not_all_blank(tmp_path):
     blank.write_text(json.dumps({"text": " "}) + "\n")
     with pytest.raises(UsageError, match=r'blank.jsonl has no texts; each line must be \{"text": "..."\}$'):
         load_calibration_texts(str(blank))
+    with pytest.raises(UsageError, match=r"^--calib .*missing.jsonl: no such file"):
+        load_calibration_texts(str(tmp_path / "missing.jsonl"))
 
 
 def test_hub_texts_read_the_first_string_column_of_the_train_split_up_to_the_budget(tmp_path, monkeypatch):
     """``datasets`` reads a local folder the way it reads a hub id, so the reading loop runs offline."""
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    rows = [{"id": 1, "text": "abcd" * 3}, {"id": 2, "text": "  "}, {"id": 3, "text": "efgh"},
-            {"id": 4, "text": "ijkl" * 5}]
+    rows = [{"id": 1, "text": "abcdefghijklmno"}, {"id": 2, "text": None}, {"id": 3, "text": "  "},
+            {"id": 4, "text": "p"}, {"id": 5, "text": "qrst"}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    # ~4 characters a token: 4 tokens = 16 characters, reading stops once the texts read reach them
-    assert cal._hub_texts(str(tmp_path), 4) == ["abcd" * 3, "efgh"]
+    # ~4 characters a token: 4 tokens = 16 characters; reading stops once the texts read reach them (15 + 1)
+    assert cal._hub_texts(str(tmp_path), 4) == ["abcdefghijklmno", "p"]
     (tmp_path / "train.jsonl").write_text(json.dumps({"id": 1, "text": " "}) + "\n")
     with pytest.raises(UsageError, match=r"no text rows found; pass a local file instead: --calib FILE\.jsonl"):
         cal._hub_texts(str(tmp_path), 100)
+
+
+def test_hub_ids_without_the_datasets_package_name_the_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # ``import datasets`` raises ImportError
+    with pytest.raises(UsageError, match=r"^--calib org/name: reading hub datasets needs `pip install datasets`; "
+                                         r"or pass a local file instead"):
+        load_calibration_texts("org/name")
 
 
 @pytest.mark.parametrize("config, default, limit", [
@@ -175,7 +184,7 @@ def test_listed_texts_become_batches_scoring_all_but_the_first_token(llama, toke
     assert batch.groups.tolist() == [0, 0]
     again = make_batches(tokenizer, texts)
     assert len(again) == 1 and torch.equal(again[0].input_ids, batch.input_ids)
-    assert torch.equal(again[0].loss_mask, batch.loss_mask)
+    assert torch.equal(again[0].loss_mask, batch.loss_mask) and again[0].groups.tolist() == [0, 0]
     assert [b.input_ids.tolist() for b in make_batches(tokenizer, ["abcdefg"], seq_len=3, max_tokens=5)] == [
         [tokenizer("abc").input_ids, tokenizer("de").input_ids + [0]]]
 
