@@ -223,6 +223,15 @@ def test_a_corpus_gives_slebs_windows_of_the_joined_texts(tmp_path, llama, token
     assert all(b.loss_mask[:, 0].sum() == 0 and b.loss_mask[:, 1:].all() for b in batches)
     _, capped = calibration_batches(llama, tokenizer, str(path), samples=5, seq_len=40, seed=2, max_tokens=90)
     assert capped["calib_samples"] == 3 and capped["calib_tokens"] == 90
+    batches, info = calibration_batches(llama, tokenizer, str(path), samples=5, seq_len=40)
+    assert info["calib_seed"] == 0
+    assert sorted(row.tolist() for b in batches for row in b.input_ids) == sorted(_sleb_windows(joined, 5, 40, 0))
+
+
+def test_the_smallest_sizes_are_accepted(tmp_path, llama, tokenizer):
+    batches, info = calibration_batches(llama, tokenizer, str(_corpus(tmp_path, 3)), samples=1, seq_len=2, seed=1)
+    assert (info["calib_samples"], info["calib_seq_len"], info["calib_tokens"]) == (1, 2, 2)
+    assert [b.input_ids.shape for b in batches] == [(1, 2)]
 
 
 def test_windows_longer_than_the_context_shrink_and_grow_in_number(tmp_path, llama, tokenizer):
@@ -242,6 +251,21 @@ def test_a_corpus_must_be_longer_than_one_window_plus_one_token(tmp_path, llama,
         batches, info = calibration_batches(llama, tokenizer, str(path), samples=2, seq_len=10, seed=0)
         assert info["calib_mode"] == mode
         assert info.get("calib_corpus_tokens", 10 + extra) == 10 + extra
+
+
+class _CharTokenizer:
+    """A stand-in tokenizer: one id per character (its code point), a leading 999 as its special token."""
+    name_or_path = ""
+
+    def __call__(self, text, add_special_tokens=True):
+        return SimpleNamespace(input_ids=[999] * add_special_tokens + [ord(c) for c in text])
+
+
+def test_the_corpus_is_one_stream_without_special_tokens_cached_per_tokenizer(monkeypatch, tokenizer):
+    monkeypatch.setattr(cal, "_TOKEN_CACHE", {})
+    byte_ids = cal._corpus_ids(tokenizer, ["ab", "cd"], "k")
+    assert byte_ids == tokenizer("ab\n\ncd", add_special_tokens=False).input_ids
+    assert cal._corpus_ids(_CharTokenizer(), ["ab", "cd"], "k") == [97, 98, 10, 10, 99, 100]
 
 
 def test_the_corpus_is_tokenized_once_per_source(tmp_path, tokenizer, monkeypatch):
