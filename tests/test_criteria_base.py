@@ -106,6 +106,37 @@ def test_result_holds_the_scores_an_order_by_ascending_score_and_the_config(fixe
     assert fixed.calls[1]["ctx"].fast is False and fixed.calls[1]["ctx"].num_layers == 3
 
 
+def test_score_layers_passes_every_option_to_the_criterion(fixed, model4, tokenizer):
+    from prunescope.criteria import score_layers
+    score_layers(model4, tokenizer, "test_fixed")
+    ctx = fixed.calls[0]["ctx"]
+    assert (ctx.calib, ctx.num_layers, ctx.seed, ctx.max_calib_tokens, ctx.calib_samples, ctx.calib_seq_len, ctx.tasks,
+            ctx.task_scorer, ctx.plus_rule, ctx.angular_tokens, ctx.greedy_objective, ctx.progress, ctx.fast) == (
+        None, None, 0, None, None, None, None, None, True, "last", "generate", True, True)
+
+    def scorer(model):
+        return 1.0
+    score_layers(model4, tokenizer, "test_fixed", calib=["ab"], num_layers=2, seed=5, max_calib_tokens=9,
+                 calib_samples=3, calib_seq_len=7, tasks=["t"], task_scorer=scorer, plus_rule=False,
+                 angular_tokens="all", greedy_objective="teacher_forced", progress=False)
+    ctx = fixed.calls[1]["ctx"]
+    assert (ctx.calib, ctx.num_layers, ctx.seed, ctx.max_calib_tokens, ctx.calib_samples, ctx.calib_seq_len, ctx.tasks,
+            ctx.task_scorer, ctx.plus_rule, ctx.angular_tokens, ctx.greedy_objective, ctx.progress, ctx.fast) == (
+        ["ab"], 2, 5, 9, 3, 7, ["t"], scorer, False, "all", "teacher_forced", False, True)
+
+
+def test_seconds_are_rounded_to_milliseconds(fixed, model4, tokenizer):
+    fixed.result = CriterionResult(scores=[0.0] * 4, info={})
+    real = fixed.result
+
+    def slow(ctx):  # long enough that the time has digits below a millisecond
+        __import__("time").sleep(0.0123)
+        return real
+    CRITERIA._items["test_fixed"] = slow
+    seconds = compute_scores(model4, tokenizer, "test_fixed")["config"]["seconds"]
+    assert type(seconds) is float and 0.012 <= seconds < 5 and seconds == round(seconds, 3)
+
+
 def test_calibration_set_is_built_once_and_recorded(fixed, model4, tokenizer):
     fixed.batches = True
     out = compute_scores(model4, tokenizer, "test_fixed", calib=["abcdefgh", "ijk"], seed=3, progress=False)

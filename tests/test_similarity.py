@@ -45,10 +45,10 @@ def _cos(a, b):
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
-def _reference(model, tokenizer, pairs, last_token):
+def _reference(model, tokenizer, pairs, last_token, texts=TEXTS):
     """Mean of cos and of arccos(cos) / pi over every token (or each text's last token)."""
     cos_sum, angle_sum, count = [0.0] * len(pairs), [0.0] * len(pairs), 0
-    for text in TEXTS:
+    for text in texts:
         h = _states(model, tokenizer, text)
         rows = slice(-1, None) if last_token else slice(None)
         for k, (a, b) in enumerate(pairs):
@@ -93,3 +93,19 @@ def test_angular_identity_block_has_distance_zero(model, tokenizer):
     result = score_layers(model, tokenizer, "angular", calib=TEXTS, angular_tokens="all", progress=False)
     assert result["config"]["distances"][2] == pytest.approx(0, abs=1e-3)
     assert result["config"]["cut_start"] == 2 and result["order"][0] == 2
+
+
+def test_means_run_over_every_batch(model, tokenizer):
+    """Texts enough for several padded batches: every batch adds to the sums and the token count."""
+    import random
+    rng = random.Random(1)
+    words = ["river", "bank", "2", "+", "=", "def", "return", "lazy", "dog", "over"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(15, 25))) for _ in range(24)]
+    from prunescope.criteria.calibration import make_batches
+    assert len(make_batches(tokenizer, texts)) > 1
+    result = score_layers(model, tokenizer, "block_influence", calib=texts, progress=False)
+    cos, _ = _reference(model, tokenizer, [(i, i + 1) for i in range(LAYERS)], last_token=False, texts=texts)
+    assert result["scores"] == pytest.approx([1 - c for c in cos], abs=1e-5)
+    result = score_layers(model, tokenizer, "angular", calib=texts, progress=False)
+    _, dist = _reference(model, tokenizer, [(i, i + 1) for i in range(LAYERS)], last_token=True, texts=texts)
+    assert result["config"]["distances"] == pytest.approx(dist, abs=2e-4)
