@@ -189,6 +189,14 @@ def test_listed_texts_become_batches_scoring_all_but_the_first_token(llama, toke
         [tokenizer("abc").input_ids, tokenizer("de").input_ids + [0]]]
 
 
+def test_listed_texts_are_capped_and_split_at_the_model_context(llama, tokenizer):
+    _, info = calibration_batches(llama, tokenizer, ["abcdefgh", "ijk"], max_tokens=5)
+    assert (info["calib_samples"], info["calib_tokens"]) == (1, 5)
+    batches, info = calibration_batches(llama, tokenizer, ["x" * 200])  # context 128, below the asked 512
+    assert info["calib_tokens"] == 200 and info["calib_samples"] == 2
+    assert sorted(int(n) for b in batches for n in b.attention_mask.sum(1)) == [72, 128]
+
+
 def test_no_text_of_two_tokens_is_refused(llama, tokenizer):
     with pytest.raises(UsageError, match="^the calibration set has no text with at least two tokens$"):
         calibration_batches(llama, tokenizer, ["a", "b"])

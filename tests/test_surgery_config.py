@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from common import make_tiny_model
 from prunescope.errors import UsageError
@@ -114,7 +115,7 @@ def _gpt2(**config):
     dict(scale_attn_by_inverse_layer_idx=True, add_cross_attention=True),
     dict(scale_attn_by_inverse_layer_idx=False, scale_attn_weights=False),
 ])
-def test_gpt2_cut_equals_bypass_with_biases_unscaled_attention_and_cross_attention(config):
+def test_gpt2_cut_equals_bypass_with_biases_unscaled_attention_and_cross_attention(config, tmp_path):
     model = _gpt2(**config)
     kw = {}
     if config.get("add_cross_attention"):
@@ -124,3 +125,9 @@ def test_gpt2_cut_equals_bypass_with_biases_unscaled_attention_and_cross_attenti
     with torch.no_grad():
         got = model(input_ids=IDS, use_cache=False, **kw).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # the scaling a block computes from its index is rebuilt on reload: the cut must reload equal too
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=IDS, use_cache=False, **kw).logits
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
