@@ -109,3 +109,15 @@ def test_means_run_over_every_batch(model, tokenizer):
     result = score_layers(model, tokenizer, "angular", calib=texts, progress=False)
     _, dist = _reference(model, tokenizer, [(i, i + 1) for i in range(LAYERS)], last_token=True, texts=texts)
     assert result["config"]["distances"] == pytest.approx(dist, abs=2e-4)
+
+
+def test_one_forward_per_batch_stops_before_the_output_head(model, tokenizer):
+    """The similarity criteria need only the block states: the final norm and head never run."""
+    calls = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        score_layers(model, tokenizer, "block_influence", calib=TEXTS, progress=False)
+        score_layers(model, tokenizer, "angular", calib=TEXTS, progress=False)
+    finally:
+        handle.remove()
+    assert calls == []
