@@ -206,7 +206,8 @@ def test_no_text_of_two_tokens_is_refused(llama, tokenizer):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(samples=-1), r"\(got -1 and 512\)"), (dict(seq_len=1), r"\(got 64 and 1\)"),
-    (dict(samples=-2, seq_len=-3), r"\(got -2 and -3\)"),
+    (dict(samples=-2, seq_len=-3), r"\(got -2 and -3\)"), (dict(samples=0), r"\(got 0 and 512\)"),
+    (dict(seq_len=0), r"\(got 64 and 0\)"),
 ])
 def test_bad_sizes_are_refused(llama, tokenizer, kwargs, message):
     with pytest.raises(UsageError, match=r"^--calib-samples must be at least 1 and --calib-seq-len at least 2 "
