@@ -447,7 +447,8 @@ def test_hub_dataset_offline_explains_the_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytest.importorskip("datasets")
-    with pytest.raises(UsageError, match=r"--calib FILE\.jsonl"):
+    with pytest.raises(UsageError, match=r"cannot read this hub dataset \(.*'no-such-org/no-such-dataset'.*\); "
+                                         r"pass a local file instead: --calib FILE\.jsonl"):
         load_calibration_texts("no-such-org/no-such-dataset")
     with pytest.raises(UsageError, match=r"wikitext:wikitext-2-raw-v1"):
         load_calibration_texts("wikitext-2")

@@ -189,8 +189,8 @@ def calibration_batches(model, tokenizer, calib=None, *, samples: int | None = N
     A corpus gives ``samples`` (default 64) random windows of ``seq_len`` (default 512) tokens. When the
     model's context is shorter than ``seq_len``, windows shrink to it and their number grows so the
     token count stays. Every token but the first of each sequence is scored."""
-    samples = samples or DEFAULT_SAMPLES
-    want_len = seq_len or DEFAULT_SEQ_LEN
+    samples = DEFAULT_SAMPLES if samples is None else samples  # 0 is refused below, not read as "default"
+    want_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
     if samples < 1 or want_len < 2:
         raise UsageError(f"--calib-samples must be at least 1 and --calib-seq-len at least 2 "
                          f"(got {samples} and {want_len})")

@@ -47,6 +47,8 @@ def model_card(meta: dict[str, Any]) -> str:
     base = meta.get("base_model_resolved") or meta["base_model"]
     front = f"base_model: {base}\n" if meta.get("base_model_is_hub_id") else ""
     note = f"\nNote on the base model: {meta['base_model_note']}.\n" if meta.get("base_model_note") else ""
+    params = meta.get("parameters")
+    params = f"{params:,}" if isinstance(params, int) else "n/a"  # ``:,`` on the "n/a" default would raise
     return f"""---
 {front}library_name: transformers
 tags: [prunescope, layer-pruning, depth-pruning]
@@ -55,7 +57,7 @@ tags: [prunescope, layer-pruning, depth-pruning]
 {note}
 Made with prunescope: removed layers (0-based) {removed}, chosen by `{meta.get('criterion') or 'explicit list'}`.
 Layers before → after: {meta['num_layers_before']} → {meta['num_layers_after']}.
-Parameters: {meta.get('parameters', 'n/a'):,}.
+Parameters: {params}.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
