@@ -186,6 +186,17 @@ def quiet_report(monkeypatch):
     return calls
 
 
+@pytest.fixture(autouse=True)
+def fast_io(monkeypatch):
+    """Durability is io.py's concern (tested there): skip fsync, and read the library versions once. A run of
+    22 steps then takes a fraction of a second, which keeps mutation testing of the runner affordable."""
+    import functools
+
+    import prunescope.pruning.save as save
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    monkeypatch.setattr(save, "library_versions", functools.lru_cache(maxsize=1)(save.library_versions))
+
+
 def snapshot(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
 
@@ -468,6 +479,13 @@ def test_run_calls_each_stage_as_planned_and_records_it(tmp_path, quiet_report):
     assert (summary["limit"], summary["num_layers"]) == (2, 6)
     base = read_json(out / "ablation/base.json")
     assert base["items"] == {"arith_add_1d_mc": {"ids": ["0", "1"], "correct": [1, 1]}}
+    assert all(type(c) is int for c in base["items"]["arith_add_1d_mc"]["correct"])  # 0/1, not true/false
+    # the intervals are the ablation module's, with the study's seed and limit
+    from prunescope.study.ablation import write_ablation_summary
+    import shutil
+    shutil.copytree(out / "ablation", tmp_path / "copy")
+    write_ablation_summary(tmp_path / "copy", 6, limit=2, seed=3)
+    assert read_json(tmp_path / "copy/ablation.json") == summary
     assert base["tasks"]["arith_add_1d_mc"]["accuracy"] == 1.0
     layer1 = read_json(out / "ablation/layer-001.json")
     assert layer1["layer"] == 1 and layer1["items"]["arith_add_1d_mc"]["correct"] == [1, 0]
@@ -568,20 +586,32 @@ def test_qlora_student_is_the_saved_cut_loaded_in_4bit(tmp_path, quiet_report, m
     monkeypatch.setattr(loading, "load_4bit", load_4bit)
     rec = {**RECOVERY, "settings": {"max_steps": 2, "qlora": True}}
     fake = Fake()
-    out = run_study(make_config(tmp_path, recovery=rec, ablation={"enabled": False}), stages=fake.stages(),
-                    progress=False)
+    cfg = make_config(tmp_path, recovery=rec, ablation={"enabled": False})
+    out = run_study(cfg, stages=fake.stages(), progress=False)
     rdir = out / "cells/block_influence-r0.5/recovery-lora"
     assert loaded == [str(rdir / "student")]
     assert fake.of("recover")[0]["copied"] == [1, 3, 5]  # the saved cut: blocks 1, 3, 5 of the base
     assert not (rdir / "student").exists()
+    cfg = make_config(tmp_path / "kept", recovery={**rec, "keep_merged": True}, ablation={"enabled": False})
+    rdir = run_study(cfg, stages=Fake().stages(), progress=False) / "cells/block_influence-r0.5/recovery-lora"
+    meta = read_json(rdir / "student" / "prunescope.json")
+    assert (meta["removed_layers"], meta["num_layers_before"], meta["criterion"]) == ([0, 2, 4], 6, "block_influence")
+    # a saved student is loaded again, not saved again, when the training is redone
+    before = (rdir / "student" / "config.json").stat().st_mtime_ns
+    (rdir / "metrics.json").unlink()
+    (rdir / "recover.json").unlink()
+    run_study(cfg, stages=Fake().stages(), progress=False)
+    assert (rdir / "student" / "config.json").stat().st_mtime_ns == before and len(loaded) == 3
 
 
 def test_save_checkpoints_writes_the_cut_model(tmp_path, quiet_report):
     cfg = make_config(tmp_path, save_checkpoints=True, criteria=["reverse"], ratios=[0.5], recovery={},
                       ablation={"enabled": False}, efficiency={"enabled": False})
     fake = Fake()
+    ckpt = tmp_path / "run/cells/reverse-r0.5/model"
+    (ckpt / "partial").mkdir(parents=True)  # a folder left without its config.json is written over
     out = run_study(cfg, stages=fake.stages(), progress=False)
-    ckpt = out / "cells/reverse-r0.5/model"
+    assert not (ckpt / "partial").exists()
     assert read_json(ckpt / "config.json")["num_hidden_layers"] == 3
     meta = read_json(ckpt / "prunescope.json")
     assert meta["removed_layers"] == [3, 4, 5] and meta["base_model"] == "tiny-model"
@@ -620,7 +650,7 @@ def test_provenance_and_trail(tmp_path, quiet_report, monkeypatch):
     assert list(trail["steps"]) == keys
     assert trail["steps"]["baseline"]["label"] == "eval baseline" and trail["steps"]["baseline"]["work"] == 4
     assert trail["steps"]["efficiency/k3"]["work"] == 0 and trail["steps"]["efficiency/k3"]["seconds"] >= 0
-    assert all(s["finished"] for s in trail["steps"].values())
+    assert all(s["finished"] and 0 <= s["seconds"] < 60 for s in trail["steps"].values())
     assert trail["isolation"] == {"arith_add_1d_gen": "bubblewrap", "arith_add_1d_mc": "bubblewrap"}
     assert (trail["config"], trail["versions"], trail["host"]) == (info["config"], info["versions"], info["host"])
     assert (trail["started"], trail["finished"], trail["seconds"]) == (info["started"], info["finished"],
@@ -656,7 +686,9 @@ def test_log_file_gets_every_step_and_the_logger_is_restored(tmp_path, quiet_rep
         log.setLevel(level)
     lines = (out / "study.log").read_text().splitlines()
     assert any(line.endswith("INFO plan: 3 eval, 1 scores") for line in lines), lines
-    assert any(" INFO [1/4] eval baseline  (3 left after this" in line for line in lines)
+    import re
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) ", line) for line in lines), lines
+    assert any(" INFO [1/4] eval baseline  (3 left after this, 0s elapsed" in line for line in lines)
     assert any(" INFO [4/4] eval reverse r=0.5 (3 of 6 layers)  (0 left after this" in line for line in lines)
     assert any(" INFO study finished in " in line and str(out / "report.html") in line for line in lines)
 
@@ -810,6 +842,14 @@ def test_finished_time_is_set_again_only_when_a_step_ran(tmp_path, quiet_report)
     assert again["finished"] > "2000" and again["finished"] != "2000-01-01T00:00:00+00:00"
     assert 1234.5 <= again["seconds"] < 1234.5 + 60  # earlier attempts' compute plus this one's
     assert len(again["resumed"]) == 1
+    # a resumed attempt that is interrupted leaves the study unfinished
+    (out / "cells/reverse-r0.5/metrics.json").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, stages=Fake(fail="evaluate").stages(), progress=False)
+    again = read_json(out / "study.json")
+    assert again["finished"] is None and len(again["resumed"]) == 2
+    run_study(cfg, stages=Fake().stages(), progress=False)
+    again = read_json(out / "study.json")
     # a study.json without 'finished' (killed) gets one even when nothing is left to run
     del again["finished"]
     write_json(out / "study.json", again)
@@ -828,3 +868,75 @@ def test_names_and_durations():
     stamp = dt.datetime.fromisoformat(_now())
     assert stamp.tzinfo is not None and stamp.microsecond == 0
     assert abs((dt.datetime.now(dt.timezone.utc) - stamp).total_seconds()) < 5
+
+
+@pytest.mark.parametrize("program, shown", [("__main__.py", "prunescope"), ("-m", "prunescope"), ("-c", "prunescope"),
+                                            ("", "prunescope"), ("/opt/bin/study-tool", "study-tool")])
+def test_trail_names_the_program(tmp_path, monkeypatch, program, shown):
+    monkeypatch.setattr(sys, "argv", [program, "--out", "x"])
+    run = StudyRun(make_config(tmp_path), Fake().stages())
+    info = {"config": {"name": "tiny"}, "versions": {"v": 1}, "host": {"h": 2}, "started": "then", "seconds": 5.0}
+    trail = run._trail(info)
+    assert trail == {"command": [shown, "--out", "x"], "config": {"name": "tiny"}, "versions": {"v": 1},
+                     "host": {"h": 2}, "started": "then", "resumed": [], "finished": None, "seconds": 5.0,
+                     "isolation": None, "log": "study.log", "steps": {}}
+    assert read_json(tmp_path / "run/run.json") == trail
+    write_json(tmp_path / "run/run.json", {**trail, "isolation": {"t": "bwrap"}, "steps": {"baseline": {"seconds": 1}}})
+    again = run._trail({**info, "resumed": ["earlier"]})
+    assert (again["isolation"], again["steps"], again["resumed"]) == ({"t": "bwrap"}, {"baseline": {"seconds": 1}},
+                                                                      ["earlier"])
+
+
+def test_efficiency_is_measured_again_when_one_cell_lost_its_file(tmp_path, quiet_report):
+    cfg = make_config(tmp_path, recovery={}, ablation={"enabled": False})
+    out = run_study(cfg, stages=Fake().stages(), progress=False)
+    (out / "cells/angular-r0.5/efficiency.json").unlink()  # not the first cell of its count
+    fake = Fake()
+    run_study(cfg, stages=fake.stages(), progress=False)
+    assert [e["kept"] for e in fake.of("measure_efficiency")] == [[0, 1, 2]]  # k=3, on reverse-r0.5's cut
+    assert read_json(out / "cells/angular-r0.5/efficiency.json")["measured_on"] == "reverse-r0.5"
+    assert fake.of("evaluate") == []
+
+
+def test_ablation_tasks_default_to_the_study_tasks(tmp_path):
+    cfg = make_config(tmp_path, ablation={"enabled": True, "limit": 3}, recovery={}, efficiency={"enabled": False},
+                      criteria=["reverse"])
+    run = StudyRun(cfg, Fake().stages())
+    assert run.ablation_tasks() == ["arith_add_1d_gen", "arith_add_1d_mc"]
+    by = {s.key: s for s in run.plan()}
+    assert by["ablation/base"].inputs["ablation"] == {"limit": 3, "tasks": ["arith_add_1d_gen", "arith_add_1d_mc"]}
+    assert by["ablation/layer-005"].work == 2 * 3
+
+
+def test_training_only_settings_reuse_the_teacher_responses(tmp_path, quiet_report):
+    """Responses depend on the teacher and the prompt settings, not on how the student trains on them."""
+    base = {"methods": ["lora"], "criteria": ["block_influence"], "ratios": [0.5]}
+    small = dict(ablation={"enabled": False}, efficiency={"enabled": False}, criteria=["block_influence"],
+                 ratios=[0.5])
+    run_study(make_config(tmp_path, recovery={**base, "settings": {"num_prompts": 4}}, **small),
+              stages=Fake().stages(), progress=False)
+    training = {"loss": "kd", "kd_topk": 8, "kd_temperature": 2.0, "kd_weight": 0.5, "onpolicy_lambda": 0.5,
+                "onpolicy_beta": 0.5, "onpolicy_temperature": 0.7, "onpolicy_max_new_tokens": 16,
+                "token_budget": 1000, "max_steps": 3}
+    for key, value in training.items():
+        fake = Fake()
+        cfg = make_config(tmp_path, recovery={**base, "settings": {"num_prompts": 4, key: value}}, **small)
+        run_study(cfg, stages=fake.stages(), progress=False, force=True)
+        assert fake.generated == 0, key
+    assert len(list((tmp_path / "run" / "recovery-data").iterdir())) == 1
+
+
+def test_responses_are_copied_into_a_recovery_folder_that_exists(tmp_path, quiet_report):
+    rec = {"methods": ["lora"], "criteria": ["block_influence"], "settings": {"max_steps": 2}}
+    cfg = make_config(tmp_path, recovery=rec, ablation={"enabled": False}, efficiency={"enabled": False},
+                      criteria=["block_influence"])
+    with pytest.raises(KeyboardInterrupt):  # the second cell's training is interrupted
+        run_study(cfg, stages=Fake(fail="recover", after=1).stages(), progress=False)
+    rdir = tmp_path / "run/cells/block_influence-r0.5/recovery-lora"
+    (rdir / "self_generated.jsonl").unlink()  # killed before the copy finished
+    assert rdir.is_dir()
+    fake = Fake()
+    run_study(cfg, stages=fake.stages(), progress=False)
+    assert fake.generated == 0 and [r["had_responses"] for r in fake.of("recover")] == [True]
+    info = read_json(tmp_path / "run/study.json")
+    assert info["finished"] and len(info["resumed"]) == 1
