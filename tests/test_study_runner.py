@@ -49,10 +49,12 @@ class Fake:
         self.calls: list[tuple[str, dict]] = []
         self.fail, self.after, self.isolation = fail, after, isolation
         self.index: dict[int, int] = {}
-        self.base = None
+        self.base = self.tok = None
         self.generated = 0  # teacher-response sets the fake recovery had to generate
 
-    def _count(self, stage: str, info: dict) -> None:
+    def _count(self, stage: str, info: dict, *tokenizers) -> None:
+        # every stage works with the study's tokenizer (the one loaded with the base model)
+        assert all(t is self.tok for t in tokenizers), f"{stage} was not given the study's tokenizer"
         self.calls.append((stage, info))
         if stage == self.fail and len(self.of(stage)) > self.after:
             raise KeyboardInterrupt
@@ -80,12 +82,12 @@ class Fake:
         model = make_tiny_model("llama", layers=LAYERS)
         model.train()  # the runner must put it in eval mode
         self.index = {id(b): i for i, b in enumerate(get_layers(model))}
-        self.base = model
-        return model, make_tokenizer()
+        self.base, self.tok = model, make_tokenizer()
+        return model, self.tok
 
     def score_layers(self, model, tokenizer, criterion, *, num_layers=None, seed=None, **kwargs):
         self._count("score_layers", {"criterion": criterion, "num_layers": num_layers, "seed": seed,
-                                     "kwargs": kwargs, "kept": self.kept(model)})
+                                     "kwargs": kwargs, "kept": self.kept(model)}, tokenizer)
         order = angular_order(num_layers) if criterion == "angular" else ORDERS[criterion]
         return {"model": "tiny", "criterion": criterion, "num_layers": LAYERS,
                 "scores": [float(LAYERS - order.index(i)) for i in range(LAYERS)], "order": order, "config": {}}
@@ -94,7 +96,7 @@ class Fake:
         kept = self.kept(model)
         self._count("evaluate", {"tasks": list(tasks), "out": Path(out), "kwargs": kwargs, "kept": kept,
                                  "layers": len(get_layers(model)), "training": model.training,
-                                 "base": model is self.base})
+                                 "base": model is self.base}, tokenizer)
         limit = kwargs["limit"]
         # item j is answered correctly exactly when base block j is in the model (all wrong for other models)
         rows, metrics = [], {"tasks": {}, "kept": kept}
@@ -123,8 +125,10 @@ class Fake:
                   for b in get_layers(student)]
         self._count("recover", {"config": vars(config), "out": out, "overwrite": overwrite, "resume": resume,
                                 "dtype": dtype, "teacher_is_base": teacher is base, "copied": copied,
-                                "student_is_base": student is base, "had_responses": (out / "self_generated.jsonl").is_file()})
-        if not (out / "self_generated.jsonl").is_file():
+                                "student_is_base": student is base,
+                                "had_responses": (out / "self_generated.jsonl").is_file()}, tokenizer, teacher_tokenizer)
+        # teacher responses only for self-generated data (data: dataset trains on the dataset's own answers)
+        if getattr(config, "data", "self") == "self" and not (out / "self_generated.jsonl").is_file():
             self.generated += 1
             write_json(out / "self_generated.jsonl", {"responses": "teacher"})
         write_json(out / "recover.json", {"response_tokens": 100 + len(copied)})
@@ -139,7 +143,8 @@ class Fake:
         else:  # a callable giving the cut model inside a with block, timed against ``base``
             with model() as cut:
                 kept = self.kept(cut)
-        self._count("measure_efficiency", {"kwargs": kwargs, "kept": kept, "base_is_model": base is self.base})
+        self._count("measure_efficiency", {"kwargs": kwargs, "kept": kept, "base_is_model": base is self.base},
+                    tokenizer)
         return {"kept": kept, "settings": kwargs}
 
 
@@ -153,7 +158,7 @@ def make_config(tmp_path, **overrides) -> StudyConfig:
         tasks=["arith_add_1d_gen", "arith_add_1d_mc"], limit=2, criteria=["reverse", "block_influence", "angular"],
         ratios=[0.2, 0.5], scoring={"calib": ["calibration text"]},
         efficiency={"prompt_tokens": 8, "new_tokens": 4, "repeats": 2, "warmup": 1},
-        ablation={"enabled": True, "limit": 2, "tasks": ["arith_add_1d_mc"]},
+        ablation={"enabled": True, "limit": 3, "tasks": ["arith_add_1d_mc"]},
         recovery=RECOVERY, out=str(tmp_path / "run"))
     settings.update(overrides)
     return from_mapping(StudyConfig, settings)
@@ -252,16 +257,16 @@ def test_plan_has_every_step_in_order_with_its_dependencies(tmp_path):
                                    "scores/reverse.json": by["scores/reverse.json"].identity}}
     assert k3.outputs == [out / "cells" / c / "efficiency.json" for c in ("reverse-r0.5", "block_influence-r0.5",
                                                                           "angular-r0.5")]
-    abl = {**common, "data": None, "ablation": {"limit": 2, "tasks": ["arith_add_1d_mc"]}}
+    abl = {**common, "data": None, "ablation": {"limit": 3, "tasks": ["arith_add_1d_mc"]}}
     assert by["ablation/base"].inputs == abl and by["ablation/base"].outputs == [out / "ablation/base.json"]
     assert by["ablation/layer-004"].inputs == {**abl, "layer": 4}
     assert by["ablation/layer-004"].outputs == [out / "ablation/layer-004.json"]
     assert (by["ablation/base"].label, by["ablation/layer-004"].label) == ("ablation base", "ablation layer 4")
-    # the work of a step, for estimates: items it evaluates (2 tasks x limit 2; ablation 1 task x limit 2)
+    # the work of a step, for estimates: items it evaluates (2 tasks x limit 2; ablation 1 task x limit 3)
     assert {k: by[k].work for k in ("baseline", "cells/angular-r0.2", "scores/reverse.json", "ablation/base",
                                     "ablation/layer-000")} == {"baseline": 4, "cells/angular-r0.2": 4,
-                                                               "scores/reverse.json": 0, "ablation/base": 2,
-                                                               "ablation/layer-000": 2}
+                                                               "scores/reverse.json": 0, "ablation/base": 3,
+                                                               "ablation/layer-000": 3}
     assert [c["name"] for c in fake.of("load_model")] == ["tiny-model"]  # the layer count needs the model
 
 
@@ -396,7 +401,7 @@ def test_model_is_loaded_once_in_eval_mode_with_the_config_precision(tmp_path):
     fake = Fake()
     run = StudyRun(make_config(tmp_path, dtype="bfloat16", device="cpu"), fake.stages())
     tok = run.tokenizer
-    assert run.model is fake.base and not run.model.training and tok is not None
+    assert run.model is fake.base and not run.model.training and tok is fake.tok
     assert fake.of("load_model") == [{"name": "tiny-model", "dtype": "bfloat16", "device": "cpu"}]
 
 
@@ -430,7 +435,15 @@ def test_eval_and_score_arguments(tmp_path):
 
 # ---- a whole run with the fake stages ----
 
-def test_run_calls_each_stage_as_planned_and_records_it(tmp_path, quiet_report):
+def test_run_calls_each_stage_as_planned_and_records_it(tmp_path, quiet_report, monkeypatch):
+    import prunescope.study.ablation as ablation_module
+    real_summary, summary_calls = ablation_module.write_ablation_summary, []
+
+    def summary_spy(folder, total, *, limit, seed):  # the real summary, with the arguments it was given kept
+        summary_calls.append({"total": total, "limit": limit, "seed": seed})
+        return real_summary(folder, total, limit=limit, seed=seed)
+
+    monkeypatch.setattr(ablation_module, "write_ablation_summary", summary_spy)
     fake = Fake()
     out = run_study(make_config(tmp_path), stages=fake.stages(), progress=False)
     assert out == tmp_path / "run"
@@ -469,26 +482,22 @@ def test_run_calls_each_stage_as_planned_and_records_it(tmp_path, quiet_report):
     assert rec_eval["kwargs"] == {**common, "baseline": base_metrics}
     # ablation: the ablation tasks at the ablation limit, every layer skipped alone
     ablation = evals[8:]
-    assert len(ablation) == 7 and all(e["tasks"] == ["arith_add_1d_mc"] and e["kwargs"] == common for e in ablation)
+    assert len(ablation) == 7 and all(e["tasks"] == ["arith_add_1d_mc"] for e in ablation)
+    assert all(e["kwargs"] == {**common, "limit": 3} for e in ablation)
     assert [e["kept"] for e in ablation] == [all_layers] + [[j for j in all_layers if j != i] for i in range(6)]
     assert ablation[1]["out"] == out / "ablation/layer-000.json.eval/.pending/metrics.json"
     assert len(evals) == 1 + 6 + 1 + 7
-    # item j is right exactly when block j is present: skipping layer 0 or 1 drops accuracy by 0.5
+    # item j is right exactly when block j is present: skipping layer 0, 1 or 2 drops accuracy by 1/3
     summary = read_json(out / "ablation/ablation.json")
-    assert summary["tasks"]["arith_add_1d_mc"]["drop"] == [0.5, 0.5, 0, 0, 0, 0]
-    assert (summary["limit"], summary["num_layers"]) == (2, 6)
+    assert summary["tasks"]["arith_add_1d_mc"]["drop"] == pytest.approx([1 / 3] * 3 + [0] * 3)
+    assert (summary["limit"], summary["num_layers"]) == (3, 6)
+    assert summary_calls == [{"total": 6, "limit": 3, "seed": 3}]
     base = read_json(out / "ablation/base.json")
-    assert base["items"] == {"arith_add_1d_mc": {"ids": ["0", "1"], "correct": [1, 1]}}
+    assert base["items"] == {"arith_add_1d_mc": {"ids": ["0", "1", "2"], "correct": [1, 1, 1]}}
     assert all(type(c) is int for c in base["items"]["arith_add_1d_mc"]["correct"])  # 0/1, not true/false
-    # the intervals are the ablation module's, with the study's seed and limit
-    from prunescope.study.ablation import write_ablation_summary
-    import shutil
-    shutil.copytree(out / "ablation", tmp_path / "copy")
-    write_ablation_summary(tmp_path / "copy", 6, limit=2, seed=3)
-    assert read_json(tmp_path / "copy/ablation.json") == summary
     assert base["tasks"]["arith_add_1d_mc"]["accuracy"] == 1.0
     layer1 = read_json(out / "ablation/layer-001.json")
-    assert layer1["layer"] == 1 and layer1["items"]["arith_add_1d_mc"]["correct"] == [1, 0]
+    assert layer1["layer"] == 1 and layer1["items"]["arith_add_1d_mc"]["correct"] == [1, 0, 1]
     assert not list(out.rglob("*.eval")) and not list(out.rglob(".pending"))
     # efficiency: the base alone, then once per removed-layer count on the first cell with that count
     eff = fake.of("measure_efficiency")
@@ -613,6 +622,7 @@ def test_save_checkpoints_writes_the_cut_model(tmp_path, quiet_report):
     out = run_study(cfg, stages=fake.stages(), progress=False)
     assert not (ckpt / "partial").exists()
     assert read_json(ckpt / "config.json")["num_hidden_layers"] == 3
+    assert read_json(ckpt / "tokenizer_config.json")  # the study's tokenizer saved beside the weights
     meta = read_json(ckpt / "prunescope.json")
     assert meta["removed_layers"] == [3, 4, 5] and meta["base_model"] == "tiny-model"
     assert meta["criterion"] == "reverse" and meta["num_layers_before"] == 6
@@ -769,6 +779,8 @@ def test_changed_setting_is_refused_in_one_line_then_recomputed_with_force(tmp_p
         "eval reverse r=0.2 (1 of 6 layers), eval reverse r=0.5 (3 of 6 layers), eval block_influence r=0.2 (1 of 6 "
         "layers), ...); pass --force to recompute them "
         "and the steps that depend on them, --overwrite to start over, or --out to use another folder")
+    with pytest.raises(UsageError, match="different limit"):
+        StudyRun(changed, Fake().stages(), progress=False).run()  # not forced unless asked
     fake = Fake()
     run_study(changed, stages=fake.stages(), progress=False, force=True)
     assert fake.of("score_layers") == [] and fake.of("measure_efficiency") == []
@@ -785,7 +797,7 @@ def test_refusal_names_up_to_four_steps_and_the_keys_not_the_dependencies(tmp_pa
     with pytest.raises(UsageError, match=r"different recovery\.lr: 1 finished step\(s\) would change "
                                          r"\(recover lora block_influence r=0\.5\); pass --force"):
         run_study(make_config(tmp_path, recovery=rec), stages=Fake().stages(), progress=False)
-    cfg = make_config(tmp_path, ablation={"enabled": True, "limit": 3, "tasks": ["arith_add_1d_mc"]})
+    cfg = make_config(tmp_path, ablation={"enabled": True, "limit": 4, "tasks": ["arith_add_1d_mc"]})
     with pytest.raises(UsageError, match=r"different ablation\.limit: 7 finished step\(s\) would change \(ablation "
                                          r"base, ablation layer 0, ablation layer 1, ablation layer 2, \.\.\.\)"):
         run_study(cfg, stages=Fake().stages(), progress=False)
@@ -823,7 +835,7 @@ def test_ablation_summary_is_rewritten_when_a_layer_ran_or_it_is_missing(tmp_pat
     (out / "ablation/layer-001.json").unlink()
     write_json(summary, {"stale": True})
     run_study(cfg, stages=Fake().stages(), progress=False)
-    assert read_json(summary)["tasks"]["arith_add_1d_mc"]["drop"] == [0.5, 0.5, 0, 0, 0, 0]
+    assert read_json(summary)["tasks"]["arith_add_1d_mc"]["drop"] == pytest.approx([1 / 3] * 3 + [0] * 3)
 
 
 def test_finished_time_is_set_again_only_when_a_step_ran(tmp_path, quiet_report):
@@ -915,14 +927,14 @@ def test_training_only_settings_reuse_the_teacher_responses(tmp_path, quiet_repo
                  ratios=[0.5])
     run_study(make_config(tmp_path, recovery={**base, "settings": {"num_prompts": 4}}, **small),
               stages=Fake().stages(), progress=False)
+    # every setting that only changes how the student trains, changed at once: the same responses serve
     training = {"loss": "kd", "kd_topk": 8, "kd_temperature": 2.0, "kd_weight": 0.5, "onpolicy_lambda": 0.5,
                 "onpolicy_beta": 0.5, "onpolicy_temperature": 0.7, "onpolicy_max_new_tokens": 16,
                 "token_budget": 1000, "max_steps": 3}
-    for key, value in training.items():
-        fake = Fake()
-        cfg = make_config(tmp_path, recovery={**base, "settings": {"num_prompts": 4, key: value}}, **small)
-        run_study(cfg, stages=fake.stages(), progress=False, force=True)
-        assert fake.generated == 0, key
+    fake = Fake()
+    cfg = make_config(tmp_path, recovery={**base, "settings": {"num_prompts": 4, **training}}, **small)
+    run_study(cfg, stages=fake.stages(), progress=False, force=True)
+    assert fake.generated == 0 and fake.of("recover")[0]["had_responses"]
     assert len(list((tmp_path / "run" / "recovery-data").iterdir())) == 1
 
 
@@ -940,3 +952,13 @@ def test_responses_are_copied_into_a_recovery_folder_that_exists(tmp_path, quiet
     assert fake.generated == 0 and [r["had_responses"] for r in fake.of("recover")] == [True]
     info = read_json(tmp_path / "run/study.json")
     assert info["finished"] and len(info["resumed"]) == 1
+
+
+def test_recovery_on_dataset_answers_caches_no_teacher_responses(tmp_path, quiet_report):
+    rec = {**RECOVERY, "settings": {"max_steps": 2, "data": "dataset", "prompts": "arith_add_1d_gen"}}
+    fake = Fake()
+    out = run_study(make_config(tmp_path, recovery=rec, ablation={"enabled": False}), stages=fake.stages(),
+                    progress=False)
+    assert fake.generated == 0 and len(fake.of("recover")) == 1
+    assert not (out / "recovery-data").exists()
+    assert (out / "cells/block_influence-r0.5/recovery-lora/metrics.json").is_file()
