@@ -967,3 +967,17 @@ def test_recovery_on_dataset_answers_caches_no_teacher_responses(tmp_path, quiet
     assert fake.generated == 0 and len(fake.of("recover")) == 1
     assert not (out / "recovery-data").exists()
     assert (out / "cells/block_influence-r0.5/recovery-lora/metrics.json").is_file()
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch, quiet_report):
+    cfg = make_config(tmp_path, recovery={}, ablation={"enabled": False}, efficiency={"enabled": False},
+                      criteria=["reverse"], ratios=[0.5])
+    assert StudyRun(cfg, Fake().stages()).progress is False  # pytest's stderr is not a terminal
+    monkeypatch.setattr(sys, "stderr", SimpleNamespace(isatty=lambda: True, write=lambda text: None,
+                                                       flush=lambda: None))
+    assert StudyRun(cfg, Fake().stages()).progress is True
+    assert StudyRun(cfg, Fake().stages(), progress=False).progress is False
+    fake = Fake()
+    run_study(cfg, stages=fake.stages(), progress=False)
+    assert {e["kwargs"]["progress"] for e in fake.of("evaluate")} == {False}
+    assert fake.of("score_layers")[0]["kwargs"]["progress"] is False
