@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -753,7 +754,7 @@ def test_interrupted_study_resumes_with_exactly_the_unfinished_steps(tmp_path, q
     trail = read_json(out / "run.json")
     assert list(trail["steps"]) == KEYS and trail["resumed"] == info["resumed"]
     log = (out / "study.log").read_text()
-    assert f"resuming {out}: 7 of 22 steps already finished" in log
+    assert re.search(rf" INFO resuming {re.escape(str(out))}: 7 of 22 steps already finished$", log, re.M)
     # the plan of what is left, estimated from the 7 steps the interrupted attempt measured
     assert "plan: 4 eval, 1 recovery, 3 efficiency, 7 ablation; about " in log
     assert "from 7 step(s) measured here before" in log
@@ -793,7 +794,7 @@ def test_changed_setting_is_refused_in_one_line_then_recomputed_with_force(tmp_p
     assert len(evals) == 8 and all(e["kwargs"]["limit"] == 3 for e in evals)
     assert len(read_json(out / "baseline/metrics.json")["kept"]) == 6
     assert (out / "baseline/samples.jsonl").read_text().count("\n") == 2 * 3
-    assert "recomputing eval baseline: limit changed" in (out / "study.log").read_text()
+    assert re.search(r" INFO recomputing eval baseline: limit changed$", (out / "study.log").read_text(), re.M)
 
 
 def test_refusal_names_up_to_four_steps_and_the_keys_not_the_dependencies(tmp_path, quiet_report):
@@ -981,3 +982,69 @@ def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch, quiet_report):
     run_study(cfg, stages=fake.stages(), progress=False)
     assert {e["kwargs"]["progress"] for e in fake.of("evaluate")} == {False}
     assert fake.of("score_layers")[0]["kwargs"]["progress"] is False
+
+
+def test_refusal_lists_every_changed_key_and_at_most_four_steps(tmp_path, quiet_report):
+    small = dict(recovery={}, ablation={"enabled": False}, efficiency={"enabled": False}, criteria=["reverse"],
+                 ratios=[0.2, 0.5, 0.7])  # 6 layers: 1, 3 and 4 removed
+    out = run_study(make_config(tmp_path, **small), stages=Fake().stages(), progress=False)
+    # baseline and three cells: exactly four, all listed, no ellipsis
+    with pytest.raises(UsageError) as e:
+        run_study(make_config(tmp_path, **small, limit=3), stages=Fake().stages(), progress=False)
+    assert ("different limit: 4 finished step(s) would change (eval baseline, eval reverse r=0.2 (1 of 6 layers), "
+            "eval reverse r=0.5 (3 of 6 layers), eval reverse r=0.7 (4 of 6 layers)); pass --force") in str(e.value)
+    # two keys changed: both named; five steps: four listed and an ellipsis
+    two = dict(small, criteria=["reverse", "block_influence"], ratios=[0.2, 0.5])
+    run_study(make_config(tmp_path / "b", **two), stages=Fake().stages(), progress=False)
+    changed = make_config(tmp_path / "b", **two, limit=3, tasks=["arith_add_1d_mc"])
+    with pytest.raises(UsageError) as e:
+        run_study(changed, stages=Fake().stages(), progress=False)
+    assert ("different limit, tasks: 5 finished step(s) would change (eval baseline, eval reverse r=0.2 (1 of 6 "
+            "layers), eval reverse r=0.5 (3 of 6 layers), eval block_influence r=0.2 (1 of 6 layers), ...); ") in str(e.value)
+    run_study(changed, stages=Fake().stages(), progress=False, force=True)
+    log = (tmp_path / "b/run/study.log").read_text()
+    assert re.search(r" INFO recomputing eval baseline: limit, tasks changed$", log, re.M)
+
+
+class Clock:
+    """time.time() for the runner: it moves only when a stage works (evaluate 1.23456 s, the report 0.3 s)."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_seconds_are_the_compute_of_each_step_and_of_all_attempts(tmp_path, monkeypatch, quiet_report):
+    import prunescope.report.tables
+    import prunescope.study.runner as runner_module
+    clock = Clock()
+    monkeypatch.setattr(runner_module, "time", clock)
+    csv = prunescope.report.tables.write_results_csv
+
+    def slow_csv(run_dir):
+        clock.now += 0.3
+        return csv(run_dir)
+
+    monkeypatch.setattr(prunescope.report.tables, "write_results_csv", slow_csv)
+
+    class Timed(Fake):
+        def evaluate(self, *args, **kwargs):
+            clock.now += 1.23456
+            return super().evaluate(*args, **kwargs)
+
+    cfg = make_config(tmp_path, recovery={}, ablation={"enabled": False}, efficiency={"enabled": False},
+                      criteria=["reverse"], ratios=[0.5])
+    out = run_study(cfg, stages=Timed().stages(), progress=False)
+    steps = read_json(out / "run.json")["steps"]
+    assert {k: v["seconds"] for k, v in steps.items()} == {"baseline": 1.2, "scores/reverse.json": 0.0,
+                                                          "cells/reverse-r0.5": 1.2}
+    # two evaluations and the report: 2.76912 s
+    assert read_json(out / "study.json")["seconds"] == 2.8 and read_json(out / "run.json")["seconds"] == 2.8
+    (out / "cells/reverse-r0.5/metrics.json").unlink()
+    run_study(cfg, stages=Timed().stages(), progress=False)
+    # the first attempt's 2.8 s plus this one's evaluation and report (1.53456 s)
+    assert read_json(out / "study.json")["seconds"] == 4.3
+    assert read_json(out / "run.json")["steps"]["cells/reverse-r0.5"]["seconds"] == 1.2
+    assert re.search(r" INFO study finished in 1s: ", (out / "study.log").read_text())
