@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -1036,6 +1037,12 @@ def test_seconds_are_the_compute_of_each_step_and_of_all_attempts(tmp_path, monk
 
     cfg = make_config(tmp_path, recovery={}, ablation={"enabled": False}, efficiency={"enabled": False},
                       criteria=["reverse"], ratios=[0.5])
+    # an attempt killed in the cell's evaluation has recorded the compute up to its last finished step
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, stages=Timed(fail="evaluate", after=1).stages(), progress=False)
+    out = tmp_path / "run"
+    assert read_json(out / "study.json")["seconds"] == 1.2
+    shutil.rmtree(out)
     out = run_study(cfg, stages=Timed().stages(), progress=False)
     steps = read_json(out / "run.json")["steps"]
     assert {k: v["seconds"] for k, v in steps.items()} == {"baseline": 1.2, "scores/reverse.json": 0.0,
