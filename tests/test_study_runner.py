@@ -128,7 +128,8 @@ class Fake:
         self._count("recover", {"config": vars(config), "out": out, "overwrite": overwrite, "resume": resume,
                                 "dtype": dtype, "teacher_is_base": teacher is base, "copied": copied,
                                 "student_is_base": student is base,
-                                "had_responses": (out / "self_generated.jsonl").is_file()}, tokenizer, teacher_tokenizer)
+                                "had_responses": (out / "self_generated.jsonl").is_file()},
+                    tokenizer, teacher_tokenizer)
         # teacher responses only for self-generated data (data: dataset trains on the dataset's own answers)
         if getattr(config, "data", "self") == "self" and not (out / "self_generated.jsonl").is_file():
             self.generated += 1
@@ -332,7 +333,8 @@ def test_method_cells_depend_on_baseline_efficiency_and_reused_scores(tmp_path):
     assert [k for k in by if k.startswith("cells/method-")] == ["cells/method-depth-r0.5", "cells/method-depth-r0.25"]
     reusing, own = by["cells/method-depth-r0.5"], by["cells/method-depth-r0.25"]
     base = {"baseline": by["baseline"].identity, "efficiency/base": by["efficiency/base"].identity}
-    assert reusing.inputs["after"] == {**base, "scores/block_influence.json": by["scores/block_influence.json"].identity}
+    scores = by["scores/block_influence.json"]
+    assert reusing.inputs["after"] == {**base, scores.key: scores.identity}
     assert own.inputs["after"] == base  # the study does not score 0.25: nothing to reuse
     assert reusing.inputs["scoring"] == {"calib": ["calibration text"]}
     assert reusing.inputs["method"]["method"] == "depth" and reusing.inputs["method"]["ratio"] == 0.5
@@ -342,7 +344,8 @@ def test_method_cells_depend_on_baseline_efficiency_and_reused_scores(tmp_path):
                                cell / "prunescope.json"]
     assert reusing.work == 4 and reusing.label == "compress and eval method-depth-r0.5"
     cfg = make_config(tmp_path, criteria=["block_influence"], ratios=[0.5], recovery={}, ablation={"enabled": False},
-                      efficiency={"enabled": False}, methods=[{"method": "depth", "settings": {"criterion": "angular"}}])
+                      efficiency={"enabled": False},
+                      methods=[{"method": "depth", "settings": {"criterion": "angular"}}])
     step = StudyRun(cfg, Fake().stages(), progress=False).plan()[-1]
     assert step.outputs[0].name == "metrics.json"  # no efficiency.json to wait for
     assert step.inputs["after"] == {"baseline": StudyRun(cfg, Fake().stages()).plan()[0].identity}
@@ -812,7 +815,8 @@ def test_refusal_names_up_to_four_steps_and_the_keys_not_the_dependencies(tmp_pa
     # recovered cell and the two efficiency steps (whose removal set comes from scores/reverse.json)
     (out / "scores/reverse.json").unlink()
     with pytest.raises(UsageError, match=r"different scoring\.calib: 12 finished step\(s\) would change \(score "
-                                         r"block_influence, score angular \(removing 1\), score angular \(removing 3\), "
+                                         r"block_influence, score angular \(removing 1\), score angular "
+                                         r"\(removing 3\), "
                                          r"eval reverse r=0\.2 \(1 of 6 layers\), \.\.\.\)"):
         run_study(make_config(tmp_path, scoring={"calib": ["other"]}), stages=Fake().stages(), progress=False)
     # no scores left: the steps are stale only through their dependencies, which are not keys
@@ -1001,7 +1005,8 @@ def test_refusal_lists_every_changed_key_and_at_most_four_steps(tmp_path, quiet_
     with pytest.raises(UsageError) as e:
         run_study(changed, stages=Fake().stages(), progress=False)
     assert ("different limit, tasks: 5 finished step(s) would change (eval baseline, eval reverse r=0.2 (1 of 6 "
-            "layers), eval reverse r=0.5 (3 of 6 layers), eval block_influence r=0.2 (1 of 6 layers), ...); ") in str(e.value)
+            "layers), eval reverse r=0.5 (3 of 6 layers), eval block_influence r=0.2 (1 of 6 layers), ...); "
+            ) in str(e.value)
     run_study(changed, stages=Fake().stages(), progress=False, force=True)
     log = (tmp_path / "b/run/study.log").read_text()
     assert re.search(r" INFO recomputing eval baseline: limit, tasks changed$", log, re.M)
@@ -1055,3 +1060,12 @@ def test_seconds_are_the_compute_of_each_step_and_of_all_attempts(tmp_path, monk
     assert read_json(out / "study.json")["seconds"] == 4.3
     assert read_json(out / "run.json")["steps"]["cells/reverse-r0.5"]["seconds"] == 1.2
     assert re.search(r" INFO study finished in 1s: ", (out / "study.log").read_text())
+
+
+def test_a_scores_file_too_short_for_the_count_is_named_in_the_error(tmp_path):
+    run = StudyRun(make_config(tmp_path), Fake().stages())
+    path = tmp_path / "run/scores/reverse.json"
+    write_json(path, {"model": "tiny", "criterion": "reverse", "num_layers": 6, "scores": [0.0] * 6, "order": [5]})
+    with pytest.raises(UsageError) as e:
+        run.removed_layers("reverse", 2)
+    assert str(e.value) == f"{path} 2: the scores only give an order for 1 layers"
