@@ -1069,3 +1069,10 @@ def test_a_scores_file_too_short_for_the_count_is_named_in_the_error(tmp_path):
     with pytest.raises(UsageError) as e:
         run.removed_layers("reverse", 2)
     assert str(e.value) == f"{path} 2: the scores only give an order for 1 layers"
+
+
+def test_a_recovered_angular_cell_depends_on_the_scores_of_its_own_count(tmp_path):
+    rec = {"methods": ["lora"], "criteria": ["angular"], "ratios": [0.5], "settings": {"max_steps": 2}}
+    by = {s.key: s for s in StudyRun(make_config(tmp_path, recovery=rec), Fake().stages(), progress=False).plan()}
+    k3 = by["scores/angular-k3.json"]
+    assert by["angular-r0.5/recovery-lora"].inputs["after"] == {k3.key: k3.identity}
