@@ -1076,3 +1076,14 @@ def test_a_recovered_angular_cell_depends_on_the_scores_of_its_own_count(tmp_pat
     by = {s.key: s for s in StudyRun(make_config(tmp_path, recovery=rec), Fake().stages(), progress=False).plan()}
     k3 = by["scores/angular-k3.json"]
     assert by["angular-r0.5/recovery-lora"].inputs["after"] == {k3.key: k3.identity}
+
+
+def test_efficiency_of_a_count_depends_on_the_first_cells_scores_of_that_count(tmp_path):
+    cfg = make_config(tmp_path, criteria=["angular", "reverse"], recovery={}, ablation={"enabled": False})
+    by = {s.key: s for s in StudyRun(cfg, Fake().stages(), progress=False).plan()}
+    for k in (1, 3):
+        scores = by[f"scores/angular-k{k}.json"]
+        assert by[f"efficiency/k{k}"].inputs["after"] == {"efficiency/base": by["efficiency/base"].identity,
+                                                          scores.key: scores.identity}
+        assert by[f"efficiency/k{k}"].inputs["cells"] == [f"angular-r{0.2 if k == 1 else 0.5}",
+                                                          f"reverse-r{0.2 if k == 1 else 0.5}"]
