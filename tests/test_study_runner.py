@@ -400,6 +400,8 @@ def test_num_layers_comes_from_study_json_of_the_same_model(tmp_path):
     assert run.num_layers() == LAYERS and len(fake.of("load_model")) == 1
     write_json(out / "study.json", {"num_layers": 0, "config": {"model": "tiny-model"}})
     assert run.num_layers() == LAYERS and len(fake.of("load_model")) == 1  # loaded once, kept
+    write_json(out / "study.json", {"num_layers": 4})  # no config recorded: not trusted
+    assert run.num_layers() == LAYERS
 
 
 def test_model_is_loaded_once_in_eval_mode_with_the_config_precision(tmp_path):
