@@ -25,7 +25,7 @@ SPECULATIVE_PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python fu
 def method_specs(methods: list, ratios: list[float]) -> list[dict[str, Any]]:
     """Normalise the config's ``methods`` list to ``{method, ratio, settings}`` entries (validated)."""
     from prunescope.methods import METHODS, resolve_settings
-    out = []
+    out, made = [], {}
     for i, entry in enumerate(methods or []):
         spec = {"method": entry} if isinstance(entry, str) else dict(entry or {})
         name = spec.get("method")
@@ -43,6 +43,11 @@ def method_specs(methods: list, ratios: list[float]) -> list[dict[str, Any]]:
                 raise UsageError(f"methods[{i}]: ratio {r} must be strictly between 0 and 1")
             out.append({"method": name, "ratio": None if r is None else float(r), "settings": settings,
                         "given": dict(spec.get("settings") or {})})
+            # two entries in one folder would overwrite each other's cell on every run
+            cell = method_cell_name(out[-1])
+            if made.setdefault(cell, i) != i:
+                raise UsageError(f"methods[{i}]: makes the same cell {cell} as methods[{made[cell]}] (its name "
+                                 f"does not show the settings that differ); keep one, or run the other with --out")
     return out
 
 

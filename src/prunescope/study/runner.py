@@ -227,8 +227,8 @@ class StudyRun:
         if criterion == "greedy_task" and "tasks" not in kwargs:
             # the study's own tasks (their calib split, disjoint from evaluation items) steer the search
             kwargs["tasks"] = [t for t in cfg.tasks if ":" not in t]
-        if k is None:
-            kwargs.pop("num_layers", None)
+        # the count is the study's (from ratios), never a scoring setting: passed twice it was a TypeError
+        kwargs.pop("num_layers", None)
         kwargs.setdefault("progress", self.progress)  # no carriage-return bars in a log file
         result = self.stages.score_layers(self.model, self.tokenizer, criterion, num_layers=k, seed=cfg.seed,
                                           **kwargs)
