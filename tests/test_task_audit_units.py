@@ -72,6 +72,14 @@ def test_a_heuristic_beats_chance_when_its_whole_interval_is_above(tok):
                                f"the shortest heuristic scores 1.000 (95% CI from {lo:.3f}), above chance 0.500"]
     assert audit._beats(1.0, 4, lo - 1e-9) and not audit._beats(1.0, 4, lo) and not audit._beats(1.0, 4, lo + 1e-9)
     assert audit._beats(0.75, 4, wilson_by_hand(3, 4)[0] - 1e-9) and not audit._beats(0.75, 4, wilson_by_hand(3, 4)[0])
+    # strictly above: a chance whose margin lands exactly on the interval's end does not count as beaten
+    from prunescope.eval.metrics import wilson_interval
+
+    end = wilson_interval(4, 4)[0]
+    chance = end - 1e-12
+    while chance + 1e-12 != end:
+        chance = math.nextafter(chance, 1.0 if chance + 1e-12 < end else 0.0)
+    assert not audit._beats(1.0, 4, chance) and audit._beats(1.0, 4, math.nextafter(chance, 0.0))
 
 
 def test_length_pick_shares_ties():
@@ -148,8 +156,32 @@ def test_pair_share_counts_by_the_larger_side_and_needs_95_percent(tok, monkeypa
     short = audit_task(_seeded("pm_mc", 10, pair="pm_gen"), tok, None, limit=20, seed=3)
     assert short["pair"] == "pm_gen 50%"
     assert short["problems"] == ["only 50% of items share id and rendered context with pm_gen (a matched pair needs 95%)"]
+    assert pair_match(_seeded("pm_mc", 40, pair="pm_gen"), tok, limit=40, seed=3) == 20 / 40  # mine is the larger
+    assert pair_match(_seeded("pm_mc", 0, pair="pm_gen"), tok, limit=0, seed=3) == 0.0  # nothing on either side
     assert pair_match(_seeded("pm_mc", 20), tok, limit=20) is None
     assert "pair" not in audit_task(_seeded("pm_mc", 20), tok, None, limit=20)
+
+
+def test_defaults_are_seed_0_and_200_items(tok, monkeypatch):
+    def partner():  # its ids ignore the seed: they match the task's at seed 0 only
+        return Task(name="pd_gen", kind="generate", description="", pair="pd_mc",
+                    make_items=lambda n, seed, split: [Item(id=f"0-{i}", prompt=f"0+{i} =", gold=0, target="")
+                                                       for i in range(300)][:n])
+    monkeypatch.setitem(TASKS._items, "pd_gen", partner)
+    mine = _seeded("pd_mc", 300, pair="pd_gen")
+    assert pair_match(mine, tok, limit=30) == 1.0
+    row = audit_task(mine, tok, None)
+    assert row["n"] == 200 and row["pair"] == "pd_gen 100%"
+
+
+def test_the_seed_reaches_the_items(tok):
+    def make(n, seed, split):  # at seed 3 the gold is always second: chance 1
+        golds = [1 if seed == 3 else i % 2 for i in range(8)]
+        return [Item(id=str(i), prompt=f"{i} =", gold=g, target=[" a\n", " b\n"][g], choices=[" a\n", " b\n"])
+                for i, g in enumerate(golds)][:n]
+    task = Task(name="s", kind="multiple_choice", description="", make_items=make)
+    assert audit_task(task, tok, None, limit=8, seed=3)["chance"] == 1.0
+    assert audit_task(task, tok, None, limit=8)["chance"] == 0.5
 
 
 def test_pair_renders_through_the_chat_template_on_both_sides(tok, monkeypatch):
@@ -204,6 +236,6 @@ def test_resolve_tokenizer(tmp_path, monkeypatch):
     assert what == "smollm2-135m (cached)" and len(tok("ab")["input_ids"]) == 1
     tok, what = audit.resolve_tokenizer(str(tmp_path / "cache" / "smollm2-135m"))
     assert what == str(tmp_path / "cache" / "smollm2-135m") and len(tok("ab")["input_ids"]) == 1
-    with pytest.raises(UsageError, match=r"^--tokenizer /nonexistent/tok: cannot load a tokenizer \(\w+\); pass a "
+    with pytest.raises(UsageError, match=r"^--tokenizer /nonexistent/tok: cannot load a tokenizer \(OSError\); pass a "
                                          r"model folder, or auto / bytes$"):
         audit.resolve_tokenizer("/nonexistent/tok")
