@@ -97,6 +97,15 @@ def test_declared_chance_window_is_the_computed_chances_interval(tok):
     assert row["problems"] == [f"declared chance 0.050 is outside the computed chance 0.500 [{lo:.3f}, {hi:.3f}] "
                                "(same position)"]
     assert "declared_chance" not in audit_task(_task("plain", HAND), tok, None, limit=10)
+    # both ends are inclusive, with a margin of 1e-12 for rounding: a declared chance exactly at the margin passes
+    from prunescope.eval.metrics import wilson_interval
+
+    lo, hi = wilson_interval(2, 4)
+    for end, margin in ((lo, -1e-12), (hi, 1e-12)):
+        declared = end + margin
+        while not end + margin == declared:
+            declared = math.nextafter(declared, end + margin)
+        assert audit_task(_task("edge", HAND, chance=declared), tok, None, limit=10)["problems"] == []
 
 
 def test_generate_and_empty_tasks_have_no_choice_measures(tok):
@@ -141,9 +150,10 @@ def _seeded(name, n_items, prefix="", **kw):
 
 
 def test_pair_share_counts_by_the_larger_side_and_needs_95_percent(tok, monkeypatch):
-    def partner(data=None):  # 20 items; with data="shift", item 0 renders differently
+    def partner(data=None):  # 20 items; with data="shift", item 0 renders differently, with "late" item 15
         def make(n, seed, split):
-            return [Item(id=f"{seed}-{i}", prompt=("Q: " if data == "shift" and i == 0 else "") + f"{seed}+{i} =",
+            moved = {"shift": 0, "late": 15}.get(data)
+            return [Item(id=f"{seed}-{i}", prompt=("Q: " if i == moved else "") + f"{seed}+{i} =",
                          gold=0, target=" a\n") for i in range(20)][:n]
         return Task(name="pm_gen", kind="generate", description="", make_items=make, pair="pm_mc")
     monkeypatch.setitem(TASKS._items, "pm_gen", partner)
@@ -152,6 +162,7 @@ def test_pair_share_counts_by_the_larger_side_and_needs_95_percent(tok, monkeypa
     assert pair_match(mine, tok, limit=20, seed=3, data="shift") == 19 / 20
     assert audit_task(mine, tok, None, limit=20, seed=3, data="shift")["problems"] == []  # 95% is enough
     assert audit_task(mine, tok, None, limit=20, seed=3, data="shift")["pair"] == "pm_gen 95%"
+    assert audit_task(mine, tok, None, limit=10, seed=3, data="late")["pair"] == "pm_gen 100%"  # the first 10 only
     assert pair_match(_seeded("pm_mc", 10, pair="pm_gen"), tok, limit=20, seed=3) == 10 / 20
     short = audit_task(_seeded("pm_mc", 10, pair="pm_gen"), tok, None, limit=20, seed=3)
     assert short["pair"] == "pm_gen 50%"
@@ -172,6 +183,7 @@ def test_defaults_are_seed_0_and_200_items(tok, monkeypatch):
     assert pair_match(mine, tok, limit=30) == 1.0
     row = audit_task(mine, tok, None)
     assert row["n"] == 200 and row["pair"] == "pd_gen 100%"
+    assert audit_task(mine, tok, None, limit=5, seed=3)["pair"] == "pd_gen 0%"  # the seed reaches the pair check
 
 
 def test_the_seed_reaches_the_items(tok):
@@ -190,6 +202,7 @@ def test_pair_renders_through_the_chat_template_on_both_sides(tok, monkeypatch):
     monkeypatch.setitem(TASKS._items, "pc_gen", partner)
     assert pair_match(_seeded("pc_mc", 4, pair="pc_gen", use_chat_template=True), tok, limit=4) == 1.0
     assert pair_match(_seeded("pc_mc", 4, pair="pc_gen"), tok, limit=4) == 0.0  # plain vs chat-wrapped
+    assert audit_task(_seeded("pc_mc", 4, pair="pc_gen"), tok, None, limit=4)["pair"] == "pc_gen 0%"
 
 
 def test_format_rows_exact_text():
