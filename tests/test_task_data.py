@@ -133,6 +133,7 @@ def test_adds_bos():
 
 def test_copy_words_items_by_hand():
     task = get_task("copy_words_gen")
+    assert task.name == "copy_words_gen"
     assert (task.kind, task.stop, task.max_new_tokens, task.family) == ("generate", ["\n"], 24, "copy_words")
     assert task.description == "copy 4 words, 5-shot"
     items = task.items(20, seed=1)
@@ -149,3 +150,24 @@ def test_copy_words_items_by_hand():
         assert task.check(it, f"  {words[0]}  {' '.join(words[1:])} \n") and not task.check(it, " ".join(words[::-1]))
         assert not task.check(it, " ".join(words[:3]))
     assert len({it.gold for it in items}) == 20
+    # the questions come from the family's own evaluation partition (sha256 of "copy_words\0<words>")
+    import hashlib
+
+    for it in items:
+        digest = hashlib.sha256(f"copy_words\x00{it.gold}".encode()).digest()
+        assert int.from_bytes(digest[:8], "big") % 4 != 0
+
+
+def test_register_task_uses_the_name(monkeypatch):
+    from prunescope.tasks import TASKS, register_task
+
+    monkeypatch.setattr(TASKS, "_items", dict(TASKS._items))
+    register_task("made_up_task")(lambda: _task())
+    assert get_task("made_up_task").name == "r"
+
+
+def test_render_with_a_tokenizer_without_the_attribute():
+    class Plain:  # no chat_template attribute at all
+        pass
+    item = Item(id="i", prompt="p", gold=0, target="")
+    assert _task(use_chat_template=True).render(item, Plain()) == "p"

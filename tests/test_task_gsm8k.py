@@ -152,6 +152,18 @@ def test_data_comes_from_the_environment_variable(small, monkeypatch):
     folder, _, test = small
     monkeypatch.setenv(gsm8k.ENV_VAR, str(folder))
     assert [it.meta["question"] for it in get_task("gsm8k").items(2)] == [r["question"] for r in test[:2]]
+    assert [it.meta["question"] for it in get_task("gsm8k_mc").items(2)] == [r["question"] for r in test[:2]]
+
+
+def test_multiple_choice_shares_the_splits_and_the_seed(small):
+    folder, _, _ = small
+    gen, mc = get_task("gsm8k", data=folder), get_task("gsm8k_mc", data=folder)
+    assert len(mc.items(2)) == 2
+    for seed in (0, 1, 2):
+        assert [it.meta["question"] for it in mc.items(None, seed=seed, split="calib")] == \
+            [it.meta["question"] for it in gen.items(None, seed=seed, split="calib")]
+    golds = {tuple(it.gold for it in mc.items(None, seed=s, split="calib")) for s in range(6)}
+    assert len(golds) > 1  # gold positions follow the seed
 
 
 def test_single_file_split_is_the_question_hash(tmp_path):
