@@ -131,7 +131,7 @@ def test_generate_items_and_prompt_follow_lm_evals_format(small):
     assert len(task.items(None)) == 4 and len(task.items(10)) == 4
     assert "Question:" in cfg["generation_kwargs"]["until"] and task.stop[0] == "Question:"
     assert task.max_new_tokens == 256 and task.use_chat_template and task.kind == "generate"
-    assert (task.pair, task.matched, task.family) == ("gsm8k_mc", False, "gsm8k")
+    assert (task.name, task.pair, task.matched, task.family) == ("gsm8k", "gsm8k_mc", False, "gsm8k")
 
 
 def test_calibration_is_train_minus_shots_and_test_questions_shuffled_by_seed(small):
@@ -212,7 +212,8 @@ def test_multiple_choice_items_by_hand(tmp_path):
     again = get_task("gsm8k_mc", data=folder)
     assert [it.choices for it in again.items(None)] == [it.choices for it in items]
     assert any(a.choices != b.choices for a, b in zip(task.items(None, seed=1), items))
-    assert (task.kind, task.pair, task.matched, task.family) == ("multiple_choice", "gsm8k", False, "gsm8k")
+    assert (task.name, task.kind, task.pair, task.matched, task.family) == ("gsm8k_mc", "multiple_choice", "gsm8k",
+                                                                           False, "gsm8k")
     gsm8k.load_rows.cache_clear()
 
 
