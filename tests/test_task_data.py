@@ -71,6 +71,10 @@ def test_user_task_reads_a_dataset_folder_split(dataset_folder, tmp_path):
                     "choices: opts\ngold: ans\n")
     prompts = [it.prompt for s in ("eval", "calib") for it in load_user_task(path).items(None, split=s)]
     assert sorted(prompts) == sorted(r["c"] + "t" for r in rows)  # the default split is test
+    path.write_text(f"name: h\nkind: multiple_choice\nhub: {{path: {folder}, name: nope}}\nprompt: '{{c}}'\n"
+                    "choices: opts\ngold: ans\n")
+    with pytest.raises(UsageError, match="BuilderConfig 'nope' not found"):  # the configuration name reaches datasets
+        load_user_task(path)
 
 
 def test_without_datasets_the_error_says_what_to_install(monkeypatch):

@@ -136,6 +136,21 @@ def test_malformed_files_name_the_problem(tmp_path, yaml_text, rows, message):
     assert str(err.value) == message.format(p=path)
 
 
+def test_row_numbers_count_the_shots_and_the_rows_before(tmp_path):
+    calib = next(f"c{i}" for i in range(100) if in_calib("t", f"c{i}"))  # skipped when building eval items
+    shot = {"c": "s", "opts": ["a", "b"], "ans": 0}
+    rows = [shot, {"c": calib, "opts": ["a", "b"], "ans": 0}, {"c": "x", "opts": ["a", "b"], "ans": 9}]
+    assert not in_calib("t", "x")
+    with pytest.raises(UsageError) as err:
+        load_user_task(_files(tmp_path, BASE + "fewshot: 1\n", rows))
+    assert str(err.value) == f"{tmp_path / 'task.yaml'}: row 3: gold 9 is neither an index into nor one of the choices"
+    rows[2] = {"opts": ["a", "b"], "ans": 0}
+    with pytest.raises(UsageError) as err:
+        load_user_task(_files(tmp_path, BASE + "fewshot: 1\n", rows))
+    assert str(err.value) == (f"{tmp_path / 'task.yaml'} row 3: the template uses {{c}} but the row has no such field "
+                              "(fields: opts, ans)")
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(UsageError) as err:
         load_user_task(tmp_path / "none.yaml")
