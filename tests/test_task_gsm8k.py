@@ -55,6 +55,7 @@ def test_where_prunescope_is_more_lenient_than_lm_eval():
     # Worked by hand: the same number written with cents, a dollar sign or two spaces after ####.
     assert gsm8k.strict_answer("#### $18") == "18" and not lm_eval_correct("#### $18", ANSWER, "strict-match")
     assert gsm8k.strict_answer("####  18") == "18" and gsm8k.strict_answer("####18") == "18"
+    assert gsm8k.strict_answer("#### 18...") == "18" and not lm_eval_correct("#### 18...", ANSWER, "strict-match")
     assert gsm8k.flexible_answer("It is 18.00") == "18" and not lm_eval_correct("It is 18.00", ANSWER,
                                                                                   "flexible-extract")
 
