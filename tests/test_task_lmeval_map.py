@@ -81,7 +81,6 @@ def test_group_results_sum_their_subtasks():
     assert (metrics["n"], metrics["correct"], metrics["accuracy"]) == (8, 5, 0.625)
     assert [(s["subtask"], s["correct"]) for s in samples] == [("g_a", 1.0), ("g_b", 0.0)]
     assert metrics["chance"] == 1.0  # both golds at position 1
-    assert map_results("g", {"groups": {"g": {"acc,none": 0.5}}})[0]["n"] == 0
 
 
 @pytest.mark.parametrize("spec, want", [("arc_easy:5", ("arc_easy", 5)), ("arc_easy", ("arc_easy", None)),
@@ -125,3 +124,106 @@ def test_bridge_task_spec():
     with pytest.raises(UsageError) as err:
         get_task("lmeval:")
     assert str(err.value) == "--tasks lmeval: needs a task name, e.g. lmeval:hellaswag"
+
+
+def test_samples_count_this_task_only_and_missing_counts_are_zero():
+    results = _results({"acc,none": 1.0}, effective=4)
+    results["n-samples"]["other"] = {"effective": 6}
+    assert map_results("t", results)[0]["n"] == 4
+    group = {"groups": {"g": {"acc,none": 1.0}}, "n-samples": {"a": {"effective": 3}, "b": {"original": 9}}}
+    assert map_results("g", group)[0]["n"] == 3
+    metrics = map_results("g", {"groups": {"g": {"acc,none": 1.0}}})[0]
+    assert (metrics["n"], metrics["correct"]) == (0, 0)
+
+
+class _FakeHarness:
+    """lm-eval's entry points, recording what the bridge hands them (the real harness runs in test_tasks.py's
+    local task file test; this one checks the bridge's wiring and its error paths without a model)."""
+
+    def __init__(self, monkeypatch, result=None, error=None):
+        import sys
+        import types
+
+        self.calls, self.result, self.error = [], result, error
+        fake, models, hf, tasks = (types.ModuleType(n) for n in ("lm_eval", "lm_eval.models",
+                                                                   "lm_eval.models.huggingface", "lm_eval.tasks"))
+        harness = self
+
+        class HFLM:
+            def __init__(self, pretrained, tokenizer, batch_size):
+                self.args = (pretrained, tokenizer, batch_size)
+
+        class TaskManager:
+            def __init__(self, include_path):
+                self.include_path = include_path
+
+        def simple_evaluate(**kw):
+            harness.calls.append(kw)
+            if harness.error is not None:
+                raise harness.error
+            return harness.result
+        fake.simple_evaluate, hf.HFLM, tasks.TaskManager = simple_evaluate, HFLM, TaskManager
+        for name, module in (("lm_eval", fake), ("lm_eval.models", models), ("lm_eval.models.huggingface", hf),
+                             ("lm_eval.tasks", tasks)):
+            monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_the_bridge_hands_lm_eval_the_model_seeds_and_shots(tmp_path, monkeypatch):
+    result = _results({"acc,none": 0.5}, effective=2, task="piqa")
+    result["configs"]["piqa"]["num_fewshot"] = 0
+    harness = _FakeHarness(monkeypatch, result)
+    metrics, _ = get_task("lmeval:piqa").evaluate_fn("MODEL", "TOK", limit=3, seed=7)
+    (call,) = harness.calls
+    assert call.pop("model").args == ("MODEL", "TOK", 16)  # batch_size "auto" -> lm-eval's 16
+    assert call == {"tasks": ["piqa"], "limit": 3, "random_seed": 7, "numpy_random_seed": 7, "torch_random_seed": 7,
+                    "fewshot_random_seed": 7, "log_samples": True, "num_fewshot": None}
+    assert metrics["num_fewshot"] == 0  # what lm-eval says it used
+    del result["configs"]["piqa"]["num_fewshot"]
+    metrics, _ = get_task("lmeval:piqa:3").evaluate_fn("MODEL", "TOK")
+    assert harness.calls[-1]["random_seed"] == 0 and harness.calls[-1]["num_fewshot"] == 3
+    assert harness.calls[-1]["model"].args[2] == 16 and metrics["num_fewshot"] == 3
+    (tmp_path / "toy.yaml").write_text("task: toy_task\n")
+    harness.result = _results({"acc,none": 1.0}, effective=1, task="toy_task")
+    metrics, samples = get_task(f"lmeval:{tmp_path / 'toy.yaml'}").evaluate_fn("M", "T", batch_size=4)
+    call = harness.calls[-1]
+    assert call["tasks"] == ["toy_task"] and call["task_manager"].include_path == str(tmp_path.resolve())
+    assert call["model"].args == ("M", "T", 4) and metrics["accuracy"] == 1.0
+    harness.result = None
+    with pytest.raises(UsageError) as err:
+        get_task("lmeval:piqa").evaluate_fn("M", "T")
+    assert str(err.value) == "lm-eval produced no results for 'piqa'"
+
+
+def test_the_bridge_turns_lm_eval_failures_into_one_line(monkeypatch):
+    import socket
+
+    harness = _FakeHarness(monkeypatch, error=KeyError("'nope' is not a registered task"))
+    with pytest.raises(UsageError) as err:
+        get_task("lmeval:nope").evaluate_fn("M", "T")
+    assert str(err.value) == "lmeval:nope: lm-eval has no task of that name; `lm-eval ls tasks` lists them"
+    harness.error = KeyError("acc")
+    with pytest.raises(KeyError):
+        get_task("lmeval:nope").evaluate_fn("M", "T")
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    harness.error = ConnectionError("cannot reach the hub")
+    with pytest.raises(UsageError) as err:
+        get_task("lmeval:arc_easy:5").evaluate_fn("M", "T")
+    from prunescope.hub import NO_NETWORK
+
+    assert str(err.value) == (f"lmeval:arc_easy: its dataset cannot be loaded ({NO_NETWORK}); lm-eval tasks read the "
+                              "hub; use a local lm-eval task file (lmeval:path/to/task.yaml) or a prunescope task")
+
+
+def test_without_lm_eval_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(UsageError) as err:
+        get_task("lmeval:piqa").evaluate_fn("M", "T")
+    assert str(err.value) == "lmeval: tasks need lm-evaluation-harness: pip install 'prunescope[lmeval]'"
