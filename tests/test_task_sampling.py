@@ -170,3 +170,48 @@ def test_mc_item_layout():
     shared = {"m": 1}
     assert mc_item(id="k", prompt="", gold_text="g", distractors=["a"], rng=random.Random(0), meta=shared).meta \
         is not shared
+
+
+def test_stream_and_fruitless_start_and_defaults(capsys):
+    firsts = []
+
+    def draw(rng):
+        value = rng.randrange(10 ** 9)
+        firsts.append(value)
+        return f"k{value}"
+    sample_questions(draw, str, family="fam", n=1, seed=4, split="calib")
+    ref = random.Random("fam|calib|4")
+    assert firsts[0] == ref.randrange(10 ** 9)  # the stream named family|split|seed
+    (ca,) = keys_in("fam", "calib", 1)
+    draw = Script([ca])
+    assert sample_questions(draw, str, family="fam", n=1, seed=0, split="eval") == [] and draw.calls == 3000
+    big = synthetic_items(family="fam", n=None, seed=0, split="eval", draw=lambda rng: f"q{rng.randrange(10 ** 6)}",
+                          key=str, build=lambda q, s, r, i: Item(id=str(i), prompt=q, gold=0, target=""), shots=0)
+    assert len(big) == 200
+
+
+def test_synthetic_items_pass_strata_task_name_and_avoid_the_question(capsys):
+    def build(q, shots, rng, i):
+        return Item(id=str(i), prompt=q[0], gold=0, target="", meta={"shots": [s[0] for s in shots], "cls": q[1]})
+    pool = [(k, i % 3) for i, k in enumerate(keys_in("fam", "eval", 300))]
+    items = synthetic_items(family="fam", n=12, seed=1, split="eval", draw=lambda rng: rng.choice(pool),
+                            key=lambda q: q[0], build=build, shots=1, stratum=lambda q: q[1], strata=3)
+    assert [it.meta["cls"] for it in items] == [balanced_position("fam", 1, "eval", i, 3) for i in range(12)]
+    two = keys_in("fam", "eval", 2)
+    for seed in range(5):
+        items = synthetic_items(family="fam", n=2, seed=seed, split="eval", draw=lambda rng: (rng.choice(two), 0),
+                                key=lambda q: q[0], build=build, shots=1)
+        assert all(it.meta["shots"] != [it.prompt] for it in items)
+    only = keys_in("fam", "eval", 1)
+    synthetic_items(family="fam", n=3, seed=0, split="eval", draw=lambda rng: (only[0], 0), key=lambda q: q[0],
+                    build=build, shots=0)
+    synthetic_items(family="fam", n=3, seed=0, split="eval", draw=lambda rng: (only[0], 0), key=lambda q: q[0],
+                    build=build, shots=0, task="named")
+    err = capsys.readouterr().err
+    assert "prunescope: fam: only 1 distinct eval questions exist" in err and "prunescope: named: only 1" in err
+
+
+def test_mc_item_puts_the_gold_where_asked():
+    for pos in range(4):
+        item = mc_item(id="i", prompt="", gold_text="g", distractors=["a", "b", "c"], rng=random.Random(pos), position=pos)
+        assert item.gold == pos and item.choices[pos] == " g\n"
