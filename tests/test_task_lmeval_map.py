@@ -188,6 +188,10 @@ def test_the_bridge_hands_lm_eval_the_model_seeds_and_shots(tmp_path, monkeypatc
     call = harness.calls[-1]
     assert call["tasks"] == ["toy_task"] and call["task_manager"].include_path == str(tmp_path.resolve())
     assert call["model"].args == ("M", "T", 4) and metrics["accuracy"] == 1.0
+    harness.result = _results({"acc,none": 1.0}, effective=1, task="piqa", output_type=None)  # no configs at all
+    assert get_task("lmeval:piqa:2").evaluate_fn("M", "T")[0]["num_fewshot"] == 2
+    harness.result = {**_results({"acc,none": 1.0}, effective=1, task="piqa"), "configs": {"other": {}}}
+    assert get_task("lmeval:piqa:2").evaluate_fn("M", "T")[0]["num_fewshot"] == 2
     harness.result = None
     with pytest.raises(UsageError) as err:
         get_task("lmeval:piqa").evaluate_fn("M", "T")
@@ -218,6 +222,9 @@ def test_the_bridge_turns_lm_eval_failures_into_one_line(monkeypatch):
 
     assert str(err.value) == (f"lmeval:arc_easy: its dataset cannot be loaded ({NO_NETWORK}); lm-eval tasks read the "
                               "hub; use a local lm-eval task file (lmeval:path/to/task.yaml) or a prunescope task")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # the hub resolves: lm-eval's own reason
+    with pytest.raises(UsageError, match=r"^lmeval:arc_easy: its dataset cannot be loaded \(cannot reach the hub\); "):
+        get_task("lmeval:arc_easy:5").evaluate_fn("M", "T")
 
 
 def test_without_lm_eval_the_error_says_what_to_install(monkeypatch):
