@@ -159,8 +159,9 @@ def gsm8k_mc_task(data: str | Path | None = None) -> Task:
             gold = gold_number(r["answer"])
             rng = random.Random(f"gsm8k_mc|{split}|{seed}|{i}")
             value = int(float(gold)) if normalise_number(gold) == gold and "." not in gold else None
+            # Negative or fractional answers: written like the gold (-4, not -4.0), or the format gives it away.
             wrong = [str(w) for w in distractors(value, rng)] if value is not None and value >= 0 else \
-                [str(float(gold) + d) for d in (1, -1, 10)]
+                [normalise_number(str(float(gold) + d)) for d in (1, -1, 10)]
             items.append(mc_item(id=f"gsm8k_mc-{split}-{i}", prompt=context + f"Question: {r['question']}\n"
                                  "Answer: The answer is", gold_text=gold, distractors=wrong, rng=rng,
                                  fmt=lambda s: f" {s}.", position=balanced_position("gsm8k", seed, split, i, 4),

@@ -48,7 +48,8 @@ def _headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
         for key, value in numeric.items():
             if key.split(",")[0] == want:
                 return key, float(value)
-    return next(iter(numeric.items()), None)
+    first = next(iter(numeric.items()), None)  # none preferred: the first number, a float like the others
+    return None if first is None else (first[0], float(first[1]))
 
 
 def map_results(task_name: str, results: dict[str, Any], *, label: str | None = None
