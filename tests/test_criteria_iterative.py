@@ -125,11 +125,17 @@ def two_tasks():
     """Two generate tasks with a few calibration items: one plain (an item with an empty answer, which
     has nothing to score, and one whose context is longer than the model holds), one rendered with the
     chat template (an answer longer than the model holds)."""
-    from prunescope.tasks import TASKS, Task, register_task
+    from prunescope.tasks import Task
     plain = [("2 + 3 =", " 5"), ("7 + 1 =", " 8"), ("Nothing to say:", ""), (LONG_PROMPT, " 42"), ("9 - 4 =", "5")]  # one answer token
     chat = [("Close: ( [", " ] )"), ("Close: {", " }"), ("Copy:", LONG_TARGET)]
     tasks = {"iter_plain": Task("iter_plain", "generate", "test", _items(plain)),
              "iter_chat": Task("iter_chat", "generate", "test", _items(chat), use_chat_template=True)}
+    yield from _registered(tasks)
+
+
+def _registered(tasks):
+    """Register ``tasks`` (name -> Task) for the duration of a fixture, yielding their names."""
+    from prunescope.tasks import TASKS, register_task
     for name, task in tasks.items():
         register_task(name)(lambda task=task: task)
     try:
@@ -500,7 +506,7 @@ LUCKY = 1  # the one generate item whose check passes
 def accuracy_tasks():
     """A multiple-choice task rendered with the chat template and a generate task whose check accepts one item
     only, both with calibration items that depend on the seed (item ids and prompts carry it)."""
-    from prunescope.tasks import TASKS, Item, Task, register_task
+    from prunescope.tasks import Item, Task
 
     def mc_items(n, seed, split):
         return [Item(id=f"s{seed}-{k}", prompt=f"Item {seed}.{k}: which word comes next after {'abcdefgh'[k]}?",
@@ -513,13 +519,7 @@ def accuracy_tasks():
     tasks = {"iter_mc": Task("iter_mc", "multiple_choice", "test", mc_items, use_chat_template=True),
              "iter_gen": Task("iter_gen", "generate", "test", gen_items, max_new_tokens=4,
                               check=lambda item, output: item.id == f"s3-{LUCKY}")}
-    for name, task in tasks.items():
-        register_task(name)(lambda task=task: task)
-    try:
-        yield list(tasks)
-    finally:
-        for name in tasks:
-            TASKS._items.pop(name, None)
+    yield from _registered(tasks)
 
 
 def _mc_accuracy(model, tok, removed, seed):
