@@ -1,6 +1,7 @@
 """The compression frontier on one model: what each method buys in speed and memory, measured in one run.
 
-For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8): parameters,
+For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8 and int4;
+``--methods`` takes ``name`` or ``name:key=value;key=value``): parameters,
 weight bytes in memory, bytes on disk, peak memory, prefill latency and decode tokens/s from
 ``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside each method with rounds
 interleaved; the decode speedup with its rank interval and verdict, ``prunescope.speed``), each as a ratio to
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["depth", "width", "quant", "merge", "speculative", "replace"]
+METHODS = ["depth", "width", "quant", "quant:scheme=int4", "merge", "speculative", "replace"]
 SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}}
 PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that reverses a string.\n",
            "The three primary colours are", "Once upon a time, in a small village by the sea,"]
@@ -26,6 +27,10 @@ PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that 
 
 def disk_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+
+
+def fmt_disk(disk: int | None, base_disk: int) -> str:
+    return "-" if disk is None else f"{disk / base_disk:.2f}"
 
 
 def main() -> None:
@@ -42,7 +47,8 @@ def main() -> None:
 
     import torch
 
-    from prunescope.methods import compress, save_compressed
+    from prunescope.errors import UsageError
+    from prunescope.methods import compress, parse_settings, save_compressed
     from prunescope.methods.speculative import measure_speculative
     from prunescope.models import load_model
     from prunescope.speed import fmt_speedup, speed_verdict
@@ -60,11 +66,15 @@ def main() -> None:
         base_disk = disk_bytes(Path(tmp) / "base")
     rows = [("base", base, base_disk, "")]
     print(f"base: {base['decode_tokens_per_s']:.1f} tokens/s decode, {base['prefill_ms']:.0f} ms prefill", flush=True)
-    for name in args.methods.split(","):
+    for entry in args.methods.split(","):
+        name, _, extra = entry.partition(":")
+        settings = {**SETTINGS.get(name, {}), **parse_settings(extra.replace(";", ","))}
+        if name == "quant":
+            entry = f"quant-{settings['scheme']}"
         model, tok = load_model(args.model)
         start = time.perf_counter()
         with torch.enable_grad():
-            result = compress(model, tok, name, ratio=args.ratio, settings=SETTINGS.get(name))
+            result = compress(model, tok, name, ratio=args.ratio, settings=settings)
         took = time.perf_counter() - start
         if name == "speculative":
             s = measure_speculative(result.model, result.draft, tok, PROMPTS, new_tokens=args.new_tokens,
@@ -75,35 +85,38 @@ def main() -> None:
             eff = dict(base)
             eff["speedup"] = {"decode": s["decode_speedup"], "prefill": 1.0, "ideal": None,
                               "decode_interval": s["decode_interval"]}
-            rows.append((name, eff, base_disk, f"acc {s['acceptance_rate']:.2f}, identical={s['identical']}, "
+            rows.append((entry, eff, base_disk, f"acc {s['acceptance_rate']:.2f}, identical={s['identical']}, "
                                                f"{took:.0f}s"))
             continue
         eff = measure_efficiency(result.model, tok, base=base_model, **kw)  # rounds interleaved with the base's
         with tempfile.TemporaryDirectory() as tmp:
-            out = save_compressed(result, tok, Path(tmp) / name, base=args.model)
-            disk = disk_bytes(out)
+            try:
+                disk = disk_bytes(save_compressed(result, tok, Path(tmp) / name, base=args.model))
+            except UsageError:  # a format transformers cannot save (torchao's CPU int4 layout)
+                disk = None
         note = f"{took:.0f}s to compress"
         if name == "merge":
             note += f", merges {[(g['into'], g['merged']) for g in result.record['merges']]}"
         if name == "replace":
             v = result.record["valid_mse"]
             note += f", span {result.record['span']}, valid MSE {v['remove_span']:.3g} -> {v['trained']:.3g}"
-        rows.append((name, eff, disk, note))
+        rows.append((entry, eff, disk, note))
         iv = eff["speedup"]["decode_interval"]
-        print(f"{name}: decode {fmt_speedup(eff['speedup']['decode'], iv)} ({speed_verdict(iv)}), weights "
+        print(f"{entry}: decode {fmt_speedup(eff['speedup']['decode'], iv)} ({speed_verdict(iv)}), weights "
               f"{eff['memory']['weights_bytes'] / base['memory']['weights_bytes']:.2f}x base; {note}", flush=True)
 
     print(f"\n{args.model}, budget {args.ratio} of the layers; {base['threads']} threads; medians of {args.repeats}")
-    print(f"{'method':<12}{'layers':>7}{'params':>8}{'weights':>9}{'disk':>7}{'peak':>7}{'prefill':>9}{'decode':>8}"
+    print(f"{'method':<13}{'layers':>7}{'params':>8}{'weights':>9}{'disk':>7}{'peak':>7}{'prefill':>9}{'decode':>8}"
           f"{'ideal':>7}  notes")
     bw, bp = base["memory"]["weights_bytes"], base["memory"]["peak_bytes"]
     for name, eff, disk, note in rows:
         sp = eff.get("speedup", {"decode": 1.0, "prefill": 1.0, "ideal": 1.0})
         ideal = f"{sp['ideal']:.2f}x" if sp.get("ideal") else "  -  "
-        print(f"{name:<12}{eff['num_layers']:>7}{eff['parameters']['total'] / base['parameters']['total']:>8.2f}"
-              f"{eff['memory']['weights_bytes'] / bw:>9.2f}{disk / base_disk:>7.2f}{eff['memory']['peak_bytes'] / bp:>7.2f}"
+        print(f"{name:<13}{eff['num_layers']:>7}{eff['parameters']['total'] / base['parameters']['total']:>8.2f}"
+              f"{eff['memory']['weights_bytes'] / bw:>9.2f}{fmt_disk(disk, base_disk):>7}{eff['memory']['peak_bytes'] / bp:>7.2f}"
               f"{sp['prefill']:>8.2f}x{sp['decode']:>7.2f}x{ideal:>7}  {note}")
-    print("params / weights / disk / peak are ratios to the base; prefill / decode are speedups over the base.")
+    print("params / weights / disk / peak are ratios to the base; prefill / decode are speedups over the base; "
+          "disk '-': not saveable in that format.")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,14 @@ def test_only_unchanged_models_reuse_the_baseline():
     assert same_outputs_as_base("speculative", {}) and same_outputs_as_base("merge", {"merges": []})
     assert same_outputs_as_base("merge", {"merges": [{"into": 3, "merged": [4]}]}) is None
     assert same_outputs_as_base("width", {}) is None and same_outputs_as_base("quant", {"merges": []}) is None
+
+
+def test_method_notes_say_what_the_record_says():
+    from prunescope.report.methods_section import _notes
+    merged = {"method": "merge", "settings": {"merge_layers": 2, "threshold": 0.45},
+              "merges": [{"into": 27, "merged": [28]}, {"into": 25, "merged": [26, 27]}]}
+    assert _notes(merged) == "LaCo merged layers 28 into 27; 26 27 into 25 (merge_layers=2)"
+    assert "unchanged" in _notes({**merged, "merges": []}) and "(0.45)" in _notes({**merged, "merges": []})
+    int4 = {"method": "quant", "settings": {"scheme": "int4"}, "compute_dtype": "bfloat16"}
+    assert _notes(int4) == "computes in bfloat16, the 4-bit kernels' dtype"
+    assert _notes({"method": "quant", "settings": {"scheme": "int8"}, "compute_dtype": "float32"}) == ""

@@ -142,6 +142,53 @@ def test_quant_int8_reduces_weight_memory_as_stated(tmp_path):
     assert (top == _logits(make_tiny_model(layers=4, hidden=64), IDS).argmax(-1)).float().mean() >= 0.8
 
 
+def _linear_layers(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+
+
+def test_quant_int4_on_cpu_is_4_bit_round_to_nearest_per_group(tmp_path):
+    pytest.importorskip("torchao")
+    model, tok = make_tiny_model(layers=4, hidden=64), make_tokenizer()
+    # the 4-bit kernels compute in bf16: the weights are quantized from their bf16 values
+    original = {name: m.weight.detach().to(torch.bfloat16).float() for name, m in _linear_layers(model).items()}
+    bf16_total = sum(t.numel() * 2 for t in [*model.parameters(), *model.buffers()])
+    result = compress(model, tok, "quant", settings={"scheme": "int4"})
+    assert result.record["compute_dtype"] == "bfloat16"
+    group = result.record["group_size"]
+    assert group == 64  # the largest of 256/128/64/32 dividing every input width (64 and 128 here)
+    layers = _linear_layers(result.model)
+    assert set(layers) == set(original)
+    for name, module in layers.items():
+        w = original[name]
+        with torch.no_grad():  # the weight the kernel really multiplies by: the layer applied to the identity
+            effective = module(torch.eye(w.shape[1], dtype=torch.bfloat16)).T.float()
+        wg, eg = w.reshape(w.shape[0], -1, group), effective.reshape(w.shape[0], -1, group)
+        step = (wg.amax(-1) - wg.amin(-1)) / 15  # 16 levels spanning each group's range
+        # every group holds at most 16 distinct values, each within half a step of the original weight
+        assert max(len(torch.unique(eg[i, j])) for i in range(eg.shape[0]) for j in range(eg.shape[1])) <= 16, name
+        # (bf16 scales, zero points and outputs add up to about a tenth of a step; coarser levels, e.g. 3 bits,
+        # would miss by a whole step)
+        assert ((eg - wg).abs() <= step[..., None] * 0.65).all(), name
+    # two weights per byte, plus a scale and a zero point (bf16) per group
+    linear_w = sum(w.numel() for w in original.values())
+    expected = bf16_total - 2 * linear_w + linear_w // 2 + (linear_w // group) * 2 * 2
+    assert abs(result.record["weights_bytes_after"] - expected) <= 0.02 * expected
+    # transformers cannot save torchao's CPU int4 layout: refused with one line, nothing written
+    from prunescope.errors import UsageError
+    with pytest.raises(UsageError, match="cannot be saved"):
+        save_compressed(result, tok, tmp_path / "q4", base="tiny")
+    assert not (tmp_path / "q4").exists()
+
+
+@pytest.mark.parametrize("asked, needle", [("48", "does not divide"), ("many", "whole number")])
+def test_quant_int4_refuses_a_group_size_that_leaves_layers_unquantized(asked, needle):
+    pytest.importorskip("torchao")
+    from prunescope.errors import UsageError
+    with pytest.raises(UsageError, match=needle):
+        compress(make_tiny_model(layers=2, hidden=64), make_tokenizer(), "quant",
+                 settings={"scheme": "int4", "group_size": asked})
+
+
 def test_speculative_output_is_the_full_models_greedy_output():
     model, tok = make_tiny_model(layers=6), make_tokenizer()
     ptrs = {p.data_ptr() for p in model.parameters()}
@@ -216,6 +263,15 @@ def test_compress_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("prunescope: error:") and needle in err[-1], err
     assert not (tmp_path / "o").exists()
+
+
+def test_compress_int4_on_cpu_is_refused_before_writing(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("torchao")
+    rc = main(["compress", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--method", "quant",
+               "--settings", "scheme=int4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("prunescope: error:") and "cannot be saved" in err[-1], err
+    assert not (tmp_path / "o").exists() and "Traceback" not in "\n".join(err)
 
 
 @pytest.mark.gpu

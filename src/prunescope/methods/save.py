@@ -5,6 +5,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from prunescope.errors import UsageError
 from prunescope.io import atomic_dir, write_json, write_text
 
 LOAD_NOTES = {
@@ -71,6 +72,8 @@ def save_compressed(result, tokenizer, out: str | os.PathLike, *, base: str, ove
     from prunescope.models.checkpoint import checkpoint_dtype, is_quantized, save_weights
     from prunescope.pruning.save import library_versions
 
+    if result.record.get("not_saveable"):
+        raise UsageError(f"--out: this {result.record['method']} model cannot be saved: {result.record['not_saveable']}")
     save_dtype, dtype_from = checkpoint_dtype(dtype, base, result.model)
     record = {"base_model": base, **result.record, "dtype_from": dtype_from, "versions": library_versions(),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -39,8 +39,13 @@ def _notes(meta: dict) -> str:
     if meta.get("method") == "merge" and not meta.get("merges"):
         return f"no merge passed LaCo's similarity threshold ({meta.get('settings', {}).get('threshold')}): " \
                "the model is unchanged"
+    if meta.get("method") == "merge":
+        groups = "; ".join(f"{' '.join(map(str, m['merged']))} into {m['into']}" for m in meta["merges"])
+        return f"LaCo merged layers {groups} (merge_layers={meta.get('settings', {}).get('merge_layers')})"
     if meta.get("method") == "speculative":
         return "lossless by construction (the full model verifies every token); only speed changes"
+    if meta.get("method") == "quant" and meta.get("settings", {}).get("scheme") in ("int4", "nf4"):
+        return f"computes in {meta.get('compute_dtype', 'bfloat16')}, the 4-bit kernels' dtype"
     return ""
 
 
