@@ -1,9 +1,9 @@
 """The compression frontier on one model: what each method buys in speed and memory, measured in one run.
 
 For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8 and int4;
-``--methods`` takes ``name`` or ``name:key=value;key=value``): parameters,
-weight bytes in memory, bytes on disk, peak memory, prefill latency and decode tokens/s from
-``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside each method with rounds
+``--methods`` takes ``name`` or ``name:key=value;key=value``): parameters, weight bytes in memory, bytes on
+disk (as ``compress`` saves it; the base in the dtype a cut of it is saved in), peak memory, prefill latency
+and decode tokens/s from ``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside each method with rounds
 interleaved; the decode speedup with its rank interval and verdict, ``prunescope.speed``), each as a ratio to
 the base. The speculative draft is
 timed through ``generate`` against plain greedy ``generate`` on real prompts (same harness both ways), with its
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 METHODS = ["depth", "width", "quant", "quant:scheme=int4", "merge", "speculative", "replace"]
-SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}}
+# merge: LaCo on pairs of layers, as the default study (the paper's 7 at a time merges nothing on small models)
+SETTINGS = {"replace": {"steps": 100}, "quant": {"scheme": "int8"}, "merge": {"merge_layers": 2}}
 PROMPTS = ["Question: What is 23 + 48?\nAnswer:", "Write a Python function that reverses a string.\n",
            "The three primary colours are", "Once upon a time, in a small village by the sea,"]
 
@@ -51,6 +52,7 @@ def main() -> None:
     from prunescope.methods import compress, parse_settings, save_compressed
     from prunescope.methods.speculative import measure_speculative
     from prunescope.models import load_model
+    from prunescope.models.checkpoint import checkpoint_dtype, save_weights
     from prunescope.speed import fmt_speedup, speed_verdict
     from prunescope.study.efficiency import measure_efficiency
 
@@ -61,9 +63,9 @@ def main() -> None:
     model, tok = load_model(args.model)
     base_model = model  # kept unchanged: each method compresses a fresh copy, timed alongside this one
     base = measure_efficiency(model, tok, **kw)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(Path(tmp) / "base")
-        base_disk = disk_bytes(Path(tmp) / "base")
+    with tempfile.TemporaryDirectory() as tmp:  # in the dtype prunescope saves a cut of this model in
+        save_weights(model, Path(tmp), checkpoint_dtype("auto", args.model, model)[0])
+        base_disk = disk_bytes(Path(tmp))
     rows = [("base", base, base_disk, "")]
     print(f"base: {base['decode_tokens_per_s']:.1f} tokens/s decode, {base['prefill_ms']:.0f} ms prefill", flush=True)
     for entry in args.methods.split(","):

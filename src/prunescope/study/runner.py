@@ -63,7 +63,6 @@ class StudyRun:
         self.stages = (stages or Stages()).resolved()
         self._model = None
         self._tokenizer = None
-        self._baseline_eff: dict | None = None
 
     # ---- the base model, loaded on first need so a finished study reruns in a blink ----
     @property
@@ -151,7 +150,7 @@ class StudyRun:
                 step = Step(f"{rdir.parent.name}/{rdir.name}", f"recover {label} {crit} r={r:g}", inputs,
                             [rdir / "metrics.json", rdir],
                             lambda c=crit, r=r, m=method, d=rdir, lo=loss, b=budget_from:
-                            self.run_recovery(c, r, counts[r], m, d, loss=lo, budget_from=b))
+                            self.run_recovery(c, counts[r], m, d, loss=lo, budget_from=b))
                 firsts.setdefault(method, (step, rdir))
                 steps.append(step)
         if cfg.efficiency.enabled:
@@ -273,7 +272,7 @@ class StudyRun:
         plan = self.config.recovery
         return plan.equal_tokens and len(plan.losses) > 1 and not plan.settings.get("token_budget")
 
-    def run_recovery(self, criterion: str, ratio: float, k: int, method: str, rdir: Path, *, loss: str | None = None,
+    def run_recovery(self, criterion: str, k: int, method: str, rdir: Path, *, loss: str | None = None,
                      budget_from: Path | None = None) -> None:
         cfg, plan = self.config, self.config.recovery
         settings = dict(plan.settings)
