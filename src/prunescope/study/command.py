@@ -12,7 +12,7 @@ HELP = ("Run the study: baseline, layer scores, pruned models per ratio, recover
 
 @dataclass
 class Config:
-    config: str = field("default", help="study YAML file, or a packaged config: default (CPU; about 9 minutes on 2 "
+    config: str = field("default", help="study YAML file, or a packaged config: default (CPU; about 11 minutes on 2 "
                                         "cores, measured end to end) "
                                         "or paper (8B model on a GPU)")
     model: str | None = field(None, help="override the config's model (hub id, folder, .gguf or smollm2-135m)")
