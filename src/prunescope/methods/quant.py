@@ -123,6 +123,6 @@ def quant(model, tokenizer, *, ratio, calib, settings, seed) -> Compressed:
     if group_size is not None:
         record["group_size"] = group_size
     if scheme == "int4" and device.type != "cuda":
-        record["not_saveable"] = ("torchao's CPU int4 layout (Int4OpaqueTensor) cannot be saved by transformers; "
-                                  "quantize at load time, or on a GPU")
+        record["not_saveable"] = ("transformers cannot save torchao's CPU int4 layout; measure it in a study "
+                                  "(methods: [{method: quant, settings: {scheme: int4}}]), or compress on a GPU")
     return Compressed(qmodel, record)
