@@ -97,3 +97,6 @@ def test_method_notes_say_what_the_record_says():
     int4 = {"method": "quant", "settings": {"scheme": "int4"}, "compute_dtype": "bfloat16"}
     assert _notes(int4) == "computes in bfloat16, the 4-bit kernels' dtype"
     assert _notes({"method": "quant", "settings": {"scheme": "int8"}, "compute_dtype": "float32"}) == ""
+    draft = {"method": "speculative", "drafting": {"acceptance_rate": 0.4516}}
+    assert _notes(draft).endswith("only speed changes; 45% of the draft's tokens accepted")
+    assert _notes({"method": "speculative"}).endswith("only speed changes")

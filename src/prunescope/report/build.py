@@ -408,7 +408,9 @@ def _methods(run_dir: Path, art: dict) -> tuple[list[str], list[list[str]]]:
 
     if all(r.get("method", "depth") in ("depth", "none") for r in art["rows"]):
         return [], []
-    metas = {(f"{c} r={r:g}" if r else c): cell["meta"] for (c, r), cell in art["cells"].items()}
+    # a cell's record, with what its timing measured of a speculative draft (the acceptance rate)
+    metas = {(f"{c} r={r:g}" if r else c): {**cell["meta"], "drafting": (cell["efficiency"] or {}).get("speculative")}
+             for (c, r), cell in art["cells"].items()}
     return methods_section(frontier_points(run_dir), metas)
 
 

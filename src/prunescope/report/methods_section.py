@@ -43,7 +43,9 @@ def _notes(meta: dict) -> str:
         groups = "; ".join(f"{' '.join(map(str, m['merged']))} into {m['into']}" for m in meta["merges"])
         return f"LaCo merged layers {groups} (merge_layers={meta.get('settings', {}).get('merge_layers')})"
     if meta.get("method") == "speculative":
-        return "lossless by construction (the full model verifies every token); only speed changes"
+        rate = (meta.get("drafting") or {}).get("acceptance_rate")
+        accepted = f"; {100 * rate:.0f}% of the draft's tokens accepted" if rate is not None else ""
+        return f"lossless by construction (the full model verifies every token); only speed changes{accepted}"
     if meta.get("method") == "quant" and meta.get("settings", {}).get("scheme") in ("int4", "nf4"):
         return f"computes in {meta.get('compute_dtype', 'bfloat16')}, the 4-bit kernels' dtype"
     return ""
