@@ -90,3 +90,30 @@ def test_methods_frontier_draws_one_marker_per_place(tmp_path, monkeypatch):
     at_one = [xy for xs in _marker_positions(ax).values() for xy in xs
               if xy == tuple(round(float(v), 1) for v in ax.transData.transform((1.0, 1.0)))]
     assert len(at_one) == 1
+
+
+def test_frontier_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Markers close together (a long label left of a short one, several at one speed) get labels whose boxes
+    are disjoint and inside the axes."""
+    import matplotlib.figure
+
+    from prunescope.report.frontier import plot_frontier
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: drawn.append(self))
+    near = [("speculative:block_influence r=0.2", 0.53, 1.0), ("quant-int8", 0.82, 0.95), ("width r=0.2", 1.2, 0.45),
+            ("block_influence r=0.2", 1.17, 0.13), ("reverse r=0.2", 1.17, 0.06), ("merge r=0.2", 1.19, -0.06),
+            ("quant-int4", 2.7, 0.75)]
+    pts = [{"label": label, "method": label.split(":")[0].split(" ")[0], "kind": "generate", "retention": y,
+            "lo": y - 0.05, "hi": y + 0.05, "decode_speedup": x, "memory": 0.84} for label, x, y in near]
+    plot_frontier(pts, tmp_path / "m.png")
+    fig = drawn[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == len({t.get_text() for t in ax.texts})
+        inside = ax.get_window_extent(renderer)
+        for i, a in enumerate(boxes):
+            assert inside.x0 <= a.x0 and a.x1 <= inside.x1, ax.texts[i].get_text()
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (ax.texts[i].get_text(), [t.get_text() for t in ax.texts])

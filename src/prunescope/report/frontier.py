@@ -73,6 +73,40 @@ def merge_coincident(points: list[dict], x: str) -> list[dict]:
     return out
 
 
+# Where a marker's label may go, in points from the marker, tried in order: right above, right below, left
+# above, left below, then further out; the first that overlaps no label already placed is used.
+LABEL_SPOTS = [(4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right"), (4, 12, "left"),
+               (4, -19, "left"), (-4, 12, "right"), (-4, -19, "right"), (4, 21, "left"), (4, -28, "left")]
+
+
+def place_labels(ax, labelled: list[tuple[str, float, float]]) -> list:
+    """Annotate each ``(label, x, y)`` at the first of ``LABEL_SPOTS`` whose text box stays inside the axes and
+    overlaps no label placed before (else the first spot); returns the text objects."""
+    fig = ax.figure
+    if not hasattr(fig.canvas, "get_renderer"):  # a figure made outside pyplot's Agg backend
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed, texts = [], []
+    for label, x, y in labelled:
+        chosen = None
+        for dx, dy, ha in LABEL_SPOTS:
+            text = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha)
+            box = text.get_window_extent(renderer)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                chosen = (text, box)
+                break
+            text.remove()
+        if chosen is None:
+            text = ax.annotate(label, (x, y), fontsize=7, xytext=LABEL_SPOTS[0][:2], textcoords="offset points")
+            chosen = (text, text.get_window_extent(renderer))
+        placed.append(chosen[1])
+        texts.append(chosen[0])
+    return texts
+
+
 def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
     """Two rows (classification, generation) by two panels (speedup, memory); base at (1, 1)."""
     import matplotlib
@@ -87,12 +121,14 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
     fig, axes = plt.subplots(len(kinds), 2, figsize=(10, 3.6 * len(kinds)), squeeze=False)
     methods = sorted({p["method"] for p in points})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    labels: dict = {}  # axes -> (label, x, y) of its markers
     for r, kind in enumerate(kinds):
         pts = [p for p in points if p["kind"] == kind] + [{"label": "base", "method": "base", "kind": kind,
                                                            "retention": 1.0, "lo": 1.0, "hi": 1.0,
                                                            "decode_speedup": 1.0, "memory": 1.0}]
         for c, (x, xlabel, larger) in enumerate(PANELS):
             ax = axes[r][c]
+            labelled = labels.setdefault(ax, [])
             for p in merge_coincident(pts, x):
                 color = "black" if p["method"] == "base" else colors[p["method"]]
                 lo = p["lo"] if p["lo"] == p["lo"] else p["retention"]
@@ -102,16 +138,19 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path | None:
                     xerr = [[max(0.0, p[x] - p["speed_lo"])], [max(0.0, p["speed_hi"] - p[x])]]
                 ax.errorbar(p[x], p["retention"], yerr=[[p["retention"] - lo], [hi - p["retention"]]], xerr=xerr,
                             fmt="o", color=color, capsize=3)
-                ax.annotate(p["label"], (p[x], p["retention"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                labelled.append((p["label"], p[x], p["retention"]))
             front = pareto(pts, x, larger)
             ax.plot([p[x] for p in front], [p["retention"] for p in front], "--", color="grey", lw=1)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{kind_label(kind)} retention (chance-adj.)")
             ax.axhline(1.0, color="grey", lw=0.5)
             ax.grid(alpha=0.3)
-    fig.suptitle("Compression frontier: retention vs measured speed and memory (dashed: Pareto front; "
-                 "'a = b': one marker for settings measured the same)")
+            ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost markers
+    fig.suptitle("Compression frontier: retention vs measured speed and memory\n(dashed: Pareto front; "
+                 "'a = b': one marker for settings measured the same)", fontsize=10)
     fig.tight_layout()
+    for ax, labelled in labels.items():  # last, once the layout has fixed where the axes are
+        place_labels(ax, labelled)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
