@@ -155,7 +155,7 @@ def test_quant_int4_on_cpu_is_4_bit_round_to_nearest_per_group(tmp_path):
     result = compress(model, tok, "quant", settings={"scheme": "int4"})
     assert result.record["compute_dtype"] == "bfloat16"
     group = result.record["group_size"]
-    assert group == 64  # the largest of 256/128/64/32 dividing every input width (64 and 128 here)
+    assert group == 64  # the largest of 128/64/32 dividing every input width (64 and 128 here)
     layers = _linear_layers(result.model)
     assert set(layers) == set(original)
     for name, module in layers.items():
@@ -285,3 +285,16 @@ def test_quant_4bit_on_gpu_reduces_weight_memory(scheme, bits):
     saved = result.record["weights_bytes_before"] - result.record["weights_bytes_after"]
     # bf16 -> 4 bits saves 1.5 bytes per weight, less the scales (at most one per 64 weights, 4 bytes)
     assert saved >= linear_w * (1.5 - 4 / 64), (saved, linear_w)
+
+
+def test_int4_group_size_auto_prefers_128_and_refuses_when_none_divides():
+    from prunescope.errors import UsageError
+    from prunescope.methods.quant import choose_group_size
+    layers = lambda *widths: torch.nn.ModuleDict({f"l{i}": torch.nn.Linear(w, 8) for i, w in enumerate(widths)})  # noqa: E731
+    assert choose_group_size(layers(4096, 14336), "auto") == 128  # Llama-3-8B's widths: torchao's default
+    assert choose_group_size(layers(576, 1536), "auto") == 64  # SmolLM2-135M's
+    assert choose_group_size(layers(96, 1536), "auto") == 32
+    with pytest.raises(UsageError, match="no group size of 128, 64, 32"):
+        choose_group_size(layers(48, 128), "auto")
+    lm_head_only_odd = torch.nn.ModuleDict({"up": torch.nn.Linear(128, 8), "lm_head": torch.nn.Linear(40, 8)})
+    assert choose_group_size(lm_head_only_odd, "auto") == 128  # the LM head stays unquantized

@@ -15,7 +15,7 @@ own quantization integration so the saved folder reloads with plain ``from_pretr
 - ``nf4``: bitsandbytes 4-bit NormalFloat (Dettmers et al., QLoRA, 2023) with bf16 compute; needs CUDA.
 The LM head (tied to the embedding in many small models) stays unquantized, as transformers' default
 ``modules_to_not_convert`` does for bitsandbytes. ``ratio`` is ignored: the budget is the bit width.
-``group_size`` (int4) ``auto`` is the largest of 256, 128, 64, 32 that divides the input width of every
+``group_size`` (int4) ``auto`` is the largest of 128, 64, 32 that divides the input width of every
 linear layer, since torchao silently leaves a layer whose width it does not divide in full precision; a
 group size given explicitly that leaves any layer unquantized is refused.
 
@@ -66,7 +66,7 @@ def quantization_config(scheme: str, *, device: str, group_size: int):
     return TorchAoConfig(inner, modules_to_not_convert=["lm_head"])
 
 
-GROUP_SIZES = (256, 128, 64, 32)
+GROUP_SIZES = (128, 64, 32)  # torchao's default first; smaller groups where it does not divide
 
 
 def quantized_linear_widths(model) -> dict[str, int]:
