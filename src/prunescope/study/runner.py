@@ -28,14 +28,12 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from prunescope.errors import UsageError
 from prunescope.io import read_json, write_json
-from prunescope.study.config import StudyConfig, recovery_variants
-from prunescope.study.stages import (ITERATIVE, PER_COUNT, Stages, call_evaluate, score_file, scoring_plan,
-                                     validate_names)
+from prunescope.study.config import StudyConfig
+from prunescope.study.stages import Stages, call_evaluate, score_file, validate_names
 from prunescope.study.steps import Manifest, Step, plan_text, step_line
 
 log = logging.getLogger("prunescope.study")
@@ -92,118 +90,20 @@ class StudyRun:
         from prunescope.pruning import count_for_ratio
         return {r: count_for_ratio(r, total, flag="ratios") for r in self.config.ratios}
 
-    def _common(self) -> dict:
+    def common_inputs(self) -> dict:
         """Inputs every step shares: what model, at what precision, with which seed and code version."""
         from prunescope import __version__
         cfg = self.config
         return {"prunescope": __version__, "model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed}
 
-    def _eval_inputs(self) -> dict:
+    def eval_inputs(self) -> dict:
         cfg = self.config
         return {"tasks": list(cfg.tasks), "limit": cfg.limit, "data": cfg.data}
 
     def plan(self) -> list[Step]:
-        """Every step of the study in order, each with the inputs that make its identity. A new grid axis
-        adds its steps here: one ``Step`` per unit of work, naming the steps it reads from in ``after``."""
-        cfg, total, out = self.config, self.num_layers(), self.out
-        counts = self.removal_counts(total)
-        common, evals = self._common(), self._eval_inputs()
-        items = len(cfg.tasks) * (cfg.limit or 200)  # the work of one evaluation, for estimates
-        steps = [Step("baseline", "eval baseline", {**common, **evals},
-                      [out / "baseline/metrics.json", out / "baseline/samples.jsonl"], self.run_baseline, work=items)]
-        score_steps: dict[tuple[str, int | None], Step] = {}
-        for crit, k, file in scoring_plan(cfg.criteria, sorted(set(counts.values()))):
-            path = out / "scores" / file
-            label = f"score {crit}" + (f" (removing {k})" if crit in PER_COUNT | ITERATIVE else "")
-            inputs = {**common, "criterion": crit, "num_layers": k, "scoring": dict(cfg.scoring)}
-            if crit == "greedy_task" and "tasks" not in cfg.scoring:
-                inputs["tasks"] = list(cfg.tasks)  # it steers by the study's own tasks
-            step = Step(f"scores/{file}", label, inputs, [path], lambda c=crit, k=k, p=path: self.run_scores(c, k, p))
-            steps.append(step)
-            score_steps[(crit, k)] = step
-
-        def scores_for(crit: str, k: int) -> Step:
-            return score_steps.get((crit, k)) or next(s for (c, _), s in score_steps.items() if c == crit)
-
-        for crit in cfg.criteria:
-            for r in cfg.ratios:
-                cell = out / "cells" / cell_name(crit, r)
-                dep = scores_for(crit, counts[r])
-                steps.append(Step(f"cells/{cell.name}", f"eval {crit} r={r:g} ({counts[r]} of {total} layers)",
-                                  {**common, **evals, "criterion": crit, "ratio": r, "removed": counts[r],
-                                   "after": {dep.key: dep.identity}},
-                                  [cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
-                                  lambda c=crit, r=r, d=cell: self.run_cell(c, r, counts[r], total, d), work=items))
-        for crit, r in cfg.recovered_cells():
-            dep = scores_for(crit, counts[r])
-            firsts: dict[str, tuple[Step, Path]] = {}  # per method, the first loss's step: the token budget
-            for label, method, loss in recovery_variants(cfg.recovery):
-                rdir = out / "cells" / cell_name(crit, r) / f"recovery-{label}"
-                inputs = {**common, **evals, "criterion": crit, "ratio": r, "method": method,
-                          "recovery": dict(cfg.recovery.settings), "after": {dep.key: dep.identity}}
-                budget_from = None
-                if loss is not None:
-                    inputs["loss"] = loss
-                    if method in firsts and self.equal_tokens_derived():
-                        first_step, budget_from = firsts[method]
-                        inputs["after"][first_step.key] = first_step.identity
-                step = Step(f"{rdir.parent.name}/{rdir.name}", f"recover {label} {crit} r={r:g}", inputs,
-                            [rdir / "metrics.json", rdir],
-                            lambda c=crit, r=r, m=method, d=rdir, lo=loss, b=budget_from:
-                            self.run_recovery(c, counts[r], m, d, loss=lo, budget_from=b))
-                firsts.setdefault(method, (step, rdir))
-                steps.append(step)
-        if cfg.efficiency.enabled:
-            eff = {**common, "efficiency": asdict(cfg.efficiency)}
-            base_step = Step("efficiency/base", "efficiency base", eff, [out / "baseline/efficiency.json"],
-                             self.run_base_efficiency)
-            steps.append(base_step)
-            for k in sorted(set(counts.values())):
-                pairs = [(c, r) for c in cfg.criteria for r in cfg.ratios if counts[r] == k]
-                cells = [out / "cells" / cell_name(c, r) for c, r in pairs]
-                dep = scores_for(pairs[0][0], k)  # measured on the first cell's removal set
-                steps.append(Step(f"efficiency/k{k}", f"efficiency {k} of {total} layers removed",
-                                  {**eff, "cells": [c.name for c in cells],
-                                   "after": {base_step.key: base_step.identity, dep.key: dep.identity}},
-                                  [c / "efficiency.json" for c in cells], lambda cs=cells: self.run_efficiency(cs),
-                                  extra_done=lambda cs=cells: all((c / "efficiency.json").is_file() for c in cs)))
-        steps += self._method_steps(common, evals, items, steps)
-        if cfg.ablation.enabled:
-            abl = {**common, "data": cfg.data, "ablation": {"limit": cfg.ablation.limit, "tasks": self.ablation_tasks()}}
-            base_path = out / "ablation" / "base.json"
-            ablation_items = len(self.ablation_tasks()) * cfg.ablation.limit
-            steps.append(Step("ablation/base", "ablation base", abl, [base_path],
-                              lambda p=base_path: write_json(p, self._ablation_eval(p)), work=ablation_items))
-            for layer in range(total):
-                path = out / "ablation" / f"layer-{layer:03d}.json"
-                steps.append(Step(f"ablation/layer-{layer:03d}", f"ablation layer {layer}", {**abl, "layer": layer},
-                                  [path], lambda i=layer, p=path: self.run_ablation_layer(i, p), work=ablation_items))
-        return steps
-
-    def _method_steps(self, common: dict, evals: dict, items: int, before: list[Step]) -> list[Step]:
-        """One step per compression-method cell (the ``methods:`` axis, see study/methods_axis.py)."""
-        from prunescope.study.methods_axis import method_cell_name, method_specs, run_method_cell, study_scores_file
-        cfg, out = self.config, self.out
-        after = {s.key: s.identity for s in before if s.key in ("baseline", "efficiency/base")}
-        by_key = {s.key: s for s in before}
-        steps = []
-        for spec in method_specs(cfg.methods, cfg.ratios):
-            cell = out / "cells" / method_cell_name(spec)
-            deps = dict(after)
-            reused = study_scores_file(self, spec, exists=False)
-            if reused is not None and f"scores/{reused.name}" in by_key:  # the method reuses that scoring run
-                dep = by_key[f"scores/{reused.name}"]
-                deps[dep.key] = dep.identity
-            marks = [cell / "efficiency.json"] if cfg.efficiency.enabled else []
-            evaluate = lambda model, d: call_evaluate(self.stages.evaluate, model, self.tokenizer, cfg.tasks,  # noqa: E731
-                                                      out_dir=d, **self.eval_kwargs(baseline=True))
-            steps.append(Step(f"cells/{cell.name}", f"compress and eval {method_cell_name(spec)}",
-                              {**common, **evals, "method": spec, "efficiency": asdict(cfg.efficiency), "after": deps,
-                               "scoring": dict(cfg.scoring)},
-                              [*marks, cell / "metrics.json", cell / "samples.jsonl", cell / "prunescope.json"],
-                              lambda s=spec, d=cell, ev=evaluate: run_method_cell(self, s, d, evaluate_fn=ev),
-                              work=items))
-        return steps
+        """Every step of the study in order, each with the inputs that make its identity (``study.plan``)."""
+        from prunescope.study.plan import plan_steps
+        return plan_steps(self)
 
     # ---- stages ----
     def run_baseline(self) -> None:
@@ -289,7 +189,7 @@ class StudyRun:
             # keyed by the settings that made the responses (not by the loss or budget, which train on them),
             # so changed settings never reuse old responses and the losses of one cell share them
             data_settings = {k_: v for k_, v in settings.items() if k_ not in TRAINING_ONLY}
-            key = Step("", "", {**self._common(), **data_settings}, [], lambda: None).identity
+            key = Step("", "", {**self.common_inputs(), **data_settings}, [], lambda: None).identity
             shared = self.out / "recovery-data" / key / "self_generated.jsonl"
             if shared.is_file() and not (rdir / shared.name).is_file():
                 # teacher responses depend only on the base model and the prompts: generate them once
