@@ -3,10 +3,10 @@
 For the base model and each method at one budget (``--ratio`` of the decoder layers; quant at int8 and int4;
 ``--methods`` takes ``name`` or ``name:key=value;key=value``): parameters, weight bytes in memory, bytes on
 disk (as ``compress`` saves it; the base in the dtype a cut of it is saved in), peak memory, prefill latency
-and decode tokens/s from ``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside each method with rounds
-interleaved; the decode speedup with its rank interval and verdict, ``prunescope.speed``), each as a ratio to
-the base. The speculative draft is
-timed through ``generate`` against plain greedy ``generate`` on real prompts (same harness both ways), with its
+and decode tokens/s from ``measure_efficiency`` (medians of ``--repeats`` rounds, the base timed alongside
+each method with rounds interleaved; the decode speedup with its rank interval and verdict,
+``prunescope.speed``), each as a ratio to the base. The speculative draft is timed through ``generate``
+against plain greedy ``generate`` on real prompts (same harness both ways), with its
 acceptance rate and a check that its output equals the full model's.
 
     python benchmarks/bench_frontier.py [--model smollm2-135m] [--ratio 0.25] [--repeats 3]
@@ -115,7 +115,8 @@ def main() -> None:
         sp = eff.get("speedup", {"decode": 1.0, "prefill": 1.0, "ideal": 1.0})
         ideal = f"{sp['ideal']:.2f}x" if sp.get("ideal") else "  -  "
         print(f"{name:<13}{eff['num_layers']:>7}{eff['parameters']['total'] / base['parameters']['total']:>8.2f}"
-              f"{eff['memory']['weights_bytes'] / bw:>9.2f}{fmt_disk(disk, base_disk):>7}{eff['memory']['peak_bytes'] / bp:>7.2f}"
+              f"{eff['memory']['weights_bytes'] / bw:>9.2f}{fmt_disk(disk, base_disk):>7}"
+              f"{eff['memory']['peak_bytes'] / bp:>7.2f}"
               f"{sp['prefill']:>8.2f}x{sp['decode']:>7.2f}x{ideal:>7}  {note}")
     print("params / weights / disk / peak are ratios to the base; prefill / decode are speedups over the base; "
           "disk '-': not saveable in that format.")

@@ -83,8 +83,9 @@ def choose_group_size(model, asked) -> int:
         for size in GROUP_SIZES:
             if all(w % size == 0 for w in widths.values()):
                 return size
+        found = ", ".join(sorted({str(w) for w in widths.values()}))
         raise UsageError(f"scheme=int4: no group size of {', '.join(map(str, GROUP_SIZES))} divides every linear "
-                         f"layer's input width ({', '.join(sorted({str(w) for w in widths.values()}))}); use scheme=int8")
+                         f"layer's input width ({found}); use scheme=int8")
     try:
         size = int(asked)
     except (TypeError, ValueError):

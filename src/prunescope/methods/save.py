@@ -73,7 +73,8 @@ def save_compressed(result, tokenizer, out: str | os.PathLike, *, base: str, ove
     from prunescope.pruning.save import library_versions
 
     if result.record.get("not_saveable"):
-        raise UsageError(f"--out: this {result.record['method']} model cannot be saved: {result.record['not_saveable']}")
+        method, why = result.record["method"], result.record["not_saveable"]
+        raise UsageError(f"--out: this {method} model cannot be saved: {why}")
     save_dtype, dtype_from = checkpoint_dtype(dtype, base, result.model)
     record = {"base_model": base, **result.record, "dtype_from": dtype_from, "versions": library_versions(),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
