@@ -117,3 +117,26 @@ def test_frontier_labels_do_not_overlap(tmp_path, monkeypatch):
             assert inside.x0 <= a.x0 and a.x1 <= inside.x1, ax.texts[i].get_text()
             for b in boxes[i + 1:]:
                 assert not a.overlaps(b), (ax.texts[i].get_text(), [t.get_text() for t in ax.texts])
+
+
+def test_frontier_axes_show_every_cell(tmp_path, captured):
+    """The dodged markers are drawn with an offset transform, which matplotlib's autoscaling ignores: the
+    axes must still reach every cell's retention interval and speedup (a cut far below the target, too)."""
+    from prunescope.report.build import load_artifacts
+    from prunescope.report.tables import aggregate, write_results_csv
+
+    run = make_run(tmp_path / "run")
+    write_results_csv(run)
+    art = load_artifacts(run)
+    efficiency = {key: c["efficiency"] for key, c in art["cells"].items() if c["efficiency"]}
+    figures.frontier_figure(art["rows"], efficiency, criteria=["reverse", "block_influence"], methods=["lora"],
+                            target=0.9, path=tmp_path / "f.png")
+    ax = captured[0].axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    cells = [(key, a) for key, a in aggregate(art["rows"]).items() if key[2] == "none" and (key[0], key[1]) in efficiency]
+    assert cells
+    for key, a in cells:
+        speed = efficiency[(key[0], key[1])]["speedup"]["decode"]
+        assert x0 <= speed <= x1, (key, speed, (x0, x1))
+        assert y0 <= a["lo"] and a["hi"] <= y1, (key, a, (y0, y1))
+    assert min(a["retention"] for _, a in cells) < 0.9  # the check is not vacuous: a cell below the target

@@ -227,7 +227,8 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
     for ideal in sorted(set(round(v, 3) for v in ideals.values())):
         ax.axvline(ideal, color="0.6", lw=0.8, ls=":")
     from matplotlib.transforms import offset_copy
-    for kind in kinds:
+    extent = [(1.0, 1.0), (1.0, target)]  # what the axes must show: artists drawn with an offset transform
+    for kind in kinds:                     # do not count towards matplotlib's autoscaling
         color = KIND_COLOR.get(kind, "gray")
         for ci, crit in enumerate(criteria):
             marker = MARKERS[ci % len(MARKERS)]
@@ -246,9 +247,11 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
                 iv = eff["speedup"].get("decode_interval") or {}  # rank interval over timed rounds (prunescope.speed)
                 xlo, xhi = (iv["lo"], iv["hi"]) if iv.get("lo") is not None else (x, x)
                 pts.append((x, a["retention"], a["lo"], a["hi"], xlo, xhi))
+                extent += [(xlo, a["retention"]), (xhi, a["retention"]), (x, a["lo"]), (x, a["hi"])]
                 for method in methods:
                     rec = agg.get((crit, key[1], method, kind))
                     if rec:
+                        extent.append((x, rec["retention"]))
                         ax.plot([x, x], [a["retention"], rec["retention"]], color=color, ls="--", lw=1, transform=shift)
                         ax.plot([x], [rec["retention"]], marker=marker, mfc="white", mec=color, mew=1.6, ms=8, ls="",
                                 transform=shift)
@@ -259,6 +262,9 @@ def frontier_figure(rows: list[dict], efficiency: dict[tuple[str, float], dict],
                             xerr=[[max(0.0, x - l) for x, l in zip(xs, xlo)], [max(0.0, h - x) for x, h in zip(xs, xhi)]],
                             color=color, marker=marker, ms=7, ls="-", lw=0.8, alpha=0.9, capsize=2, transform=shift)
         ax.plot([1.0], [1.0], marker="*", color="black", ms=11, ls="")
+    finite = [(x, y) for x, y in extent if x == x and y == y]
+    ax.update_datalim(finite)
+    ax.autoscale_view()
     ax.axhline(target, color="0.4", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the base model (measured; dotted: ideal)")
     ax.set_ylabel("chance-adjusted retention")
