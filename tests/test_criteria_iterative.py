@@ -3,6 +3,8 @@ objectives, greedy_task's objectives per candidate against a loop written here o
 and the cross-step reuse (memory budget, validity of kept states, block work) against the naive scan."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -365,13 +367,18 @@ class _Count:
         self.n += k
 
 
+@contextlib.contextmanager
 def _block_calls(model):
-    """A list that grows by the block's index per decoder-block call (-1 per output-head call), and the hooks."""
+    """A list that grows by the block's index per decoder-block call (-1 per output-head call) while inside."""
     from prunescope.models.architectures import get_layers
     calls: list[int] = []
     handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(get_layers(model))]
     handles.append(model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append(-1)))
-    return calls, handles
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _run(reuse, value, removed, planned, calls):
@@ -408,13 +415,9 @@ def test_step_reuse_keeps_the_states_its_docstring_promises_and_gives_the_refere
     model, batches = reuse_setup
     value = _Planned(model, batches)
     reuse = StepReuse(model, batches, value, later_wins_ties=True)
-    calls, handles = _block_calls(model)
-    try:
+    with _block_calls(model) as calls:
         for removed, planned, blocks in CALLS:
             assert _run(reuse, value, removed, planned, calls) == (blocks, len(planned) * 2), removed
-    finally:
-        for h in handles:
-            h.remove()
     assert not reuse.fallback
 
 
@@ -428,14 +431,10 @@ def test_step_reuse_keeps_no_state_for_a_block_its_run_skipped(reuse_setup):
     model, batches = reuse_setup
     value = _Planned(model, batches)
     reuse = StepReuse(model, batches, value, later_wins_ties=True)
-    calls, handles = _block_calls(model)
-    try:
+    with _block_calls(model) as calls:
         assert _run(reuse, value, [], {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.9, 5: 0.5}, calls) == (22, 10)
         assert _run(reuse, value, [4], {1: 0.1, 2: 0.2, 3: 0.9, 5: 0.5}, calls) == (13, 8)
         assert _run(reuse, value, [4, 3], {1: 0.5, 2: 0.5, 5: 0.5}, calls) == (11, 6)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def test_step_reuse_budget_with_a_single_sequence_in_the_first_batch(reuse_setup):
@@ -465,13 +464,9 @@ def test_step_reuse_with_ties_to_the_earlier_block(reuse_setup):
     model, batches = reuse_setup
     value = _Planned(model, batches)
     reuse = StepReuse(model, batches, value, later_wins_ties=False)
-    calls, handles = _block_calls(model)
-    try:
+    with _block_calls(model) as calls:
         assert _run(reuse, value, [], {1: 0.3, 2: 0.1, 3: 0.9, 4: 0.9, 5: 0.2}, calls) == (22, 10)
         assert _run(reuse, value, [3], {1: 0.3, 2: 0.1, 4: 0.9, 5: 0.2}, calls) == (15, 8)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def test_step_reuse_falls_back_to_within_step_reuse_above_its_memory_budget(reuse_setup):
@@ -481,8 +476,7 @@ def test_step_reuse_falls_back_to_within_step_reuse_above_its_memory_budget(reus
     from prunescope.criteria.reuse import StepReuse
     model, batches = reuse_setup
     need = 7 * (88 + 72) * 32 * 4
-    calls, handles = _block_calls(model)
-    try:
+    with _block_calls(model) as calls:
         for budget, fallback, blocks in [(need, False, [22, 15]), (need - 1, True, [22 + 7 / 2, 16])]:
             value = _Planned(model, batches)
             reuse = StepReuse(model, batches, value, later_wins_ties=True, budget=budget)
@@ -491,9 +485,6 @@ def test_step_reuse_falls_back_to_within_step_reuse_above_its_memory_budget(reus
             # within a step only, call 2 (removed [3]) runs the capture (6) and 4 + 3 + 2 + 1 blocks
             assert _run(reuse, value, [3], CALLS[1][1], calls) == (blocks[1], 8)
             assert reuse.fallback is fallback
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --- greedy_task's default objective (generation accuracy) and a custom scorer ---------------------------------
