@@ -88,22 +88,23 @@ def place_labels(ax, labelled: list[tuple[str, float, float]]) -> list:
         FigureCanvasAgg(fig)
     renderer = fig.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
+    def annotate(label, x, y, spot):
+        dx, dy, ha = spot
+        text = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha)
+        return text, text.get_window_extent(renderer)
+
     placed, texts = [], []
     for label, x, y in labelled:
-        chosen = None
-        for dx, dy, ha in LABEL_SPOTS:
-            text = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha)
-            box = text.get_window_extent(renderer)
+        for spot in LABEL_SPOTS:
+            text, box = annotate(label, x, y, spot)
             fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
             if fits and not any(box.overlaps(other) for other in placed):
-                chosen = (text, box)
                 break
             text.remove()
-        if chosen is None:
-            text = ax.annotate(label, (x, y), fontsize=7, xytext=LABEL_SPOTS[0][:2], textcoords="offset points")
-            chosen = (text, text.get_window_extent(renderer))
-        placed.append(chosen[1])
-        texts.append(chosen[0])
+        else:
+            text, box = annotate(label, x, y, LABEL_SPOTS[0])
+        placed.append(box)
+        texts.append(text)
     return texts
 
 
